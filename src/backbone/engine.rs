@@ -1,0 +1,272 @@
+//! The pure-Rust engine: interprets a (folded) [`Graph`] with burn tensors on the
+//! `flex` CPU backend.
+
+use burn::tensor::activation::relu;
+use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData as BurnData};
+
+use super::graph::{Activation, Graph, Op, Shape};
+use super::weights::TensorMap;
+use crate::error::{Error, Result};
+
+/// A prepared step: the graph op plus its weights already on the device.
+enum Step {
+    Input,
+    Conv {
+        input: usize,
+        weight: Tensor<4>,
+        bias: Option<Tensor<1>>,
+        options: ConvOptions<2>,
+        activation: Activation,
+    },
+    BatchNorm {
+        input: usize,
+        /// `gamma / sqrt(var + eps)` and `beta - mean * scale`, as `[1, C, 1, 1]`.
+        scale: Tensor<4>,
+        shift: Tensor<4>,
+    },
+    Activation { input: usize, activation: Activation },
+    Add { a: usize, b: usize },
+    MaxPool { input: usize, options: MaxPoolOptions<2> },
+    AvgPool { input: usize, options: AvgPoolOptions<2> },
+    GlobalAvgPool { input: usize },
+    Concat { inputs: Vec<usize> },
+    ChannelAffine { input: usize, scale: Tensor<4>, shift: Tensor<4> },
+    Linear { input: usize, weight_t: Tensor<2>, bias: Tensor<2> },
+}
+
+enum Val {
+    Map(Tensor<4>),
+    Flat(Tensor<2>),
+}
+
+/// A backbone ready to run on a burn device.
+pub struct BurnNet {
+    steps: Vec<Step>,
+    last_use: Vec<usize>,
+    features: usize,
+    logits: usize,
+    input: [usize; 3],
+    device: Device,
+}
+
+/// The outputs graft uses, row-major.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    /// `[batch, D]`.
+    pub features: Vec<f32>,
+    /// `[batch, 1000]`.
+    pub logits: Vec<f32>,
+}
+
+fn tensor<const D: usize>(tensors: &TensorMap, key: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
+    let t = tensors
+        .get(key)
+        .ok_or_else(|| Error::Invalid(format!("missing weight '{key}'")))?;
+    if t.data.len() != shape.iter().product::<usize>() {
+        return Err(Error::Invalid(format!(
+            "weight '{key}' has {} values, expected shape {shape:?}",
+            t.data.len()
+        )));
+    }
+    Ok(Tensor::from_data(BurnData::new(t.data.clone(), shape), device))
+}
+
+fn per_channel(values: Vec<f32>, device: &Device) -> Tensor<4> {
+    let c = values.len();
+    Tensor::from_data(BurnData::new(values, [1, c, 1, 1]), device)
+}
+
+fn activate<const D: usize>(x: Tensor<D>, activation: Activation) -> Tensor<D> {
+    match activation {
+        Activation::None => x,
+        Activation::Relu => relu(x),
+        Activation::Relu6 => x.clamp(0.0, 6.0),
+    }
+}
+
+impl BurnNet {
+    /// Prepares `graph` (best already folded) with `tensors` on `device`.
+    pub fn new(graph: &Graph, tensors: &TensorMap, device: Device) -> Result<BurnNet> {
+        let mut steps = Vec::with_capacity(graph.nodes.len());
+        for node in &graph.nodes {
+            let step = match &node.op {
+                Op::Input => Step::Input,
+                Op::Conv { input, key, kernel, stride, padding, groups, bias, activation } => {
+                    let in_ch = match graph.shape(*input) {
+                        Shape::Map { channels, .. } => *channels,
+                        Shape::Flat { len } => *len,
+                    };
+                    let out = match node.shape {
+                        Shape::Map { channels, .. } => channels,
+                        Shape::Flat { len } => len,
+                    };
+                    let weight = tensor(tensors, &format!("{key}.weight"), [out, in_ch / groups, kernel[0], kernel[1]], &device)?;
+                    let bias = if *bias { Some(tensor(tensors, &format!("{key}.bias"), [out], &device)?) } else { None };
+                    Step::Conv {
+                        input: input.0,
+                        weight,
+                        bias,
+                        options: ConvOptions::new_with_padding(*stride, *padding, [1, 1], *groups),
+                        activation: *activation,
+                    }
+                }
+                Op::BatchNorm { input, key, eps } => {
+                    let get = |name: &str| -> Result<Vec<f32>> {
+                        let k = format!("{key}.{name}");
+                        tensors.get(&k).map(|t| t.data.clone()).ok_or_else(|| Error::Invalid(format!("missing weight '{k}'")))
+                    };
+                    let (gamma, beta, mean, var) = (get("weight")?, get("bias")?, get("running_mean")?, get("running_var")?);
+                    let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect();
+                    let shift: Vec<f32> = beta.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+                    Step::BatchNorm { input: input.0, scale: per_channel(scale, &device), shift: per_channel(shift, &device) }
+                }
+                Op::Activation { input, activation } => Step::Activation { input: input.0, activation: *activation },
+                Op::Add { a, b } => Step::Add { a: a.0, b: b.0 },
+                Op::MaxPool { input, kernel, stride } => Step::MaxPool {
+                    input: input.0,
+                    options: MaxPoolOptions::new(*kernel).with_stride(*stride),
+                },
+                Op::AvgPool { input, kernel, stride, padding } => Step::AvgPool {
+                    input: input.0,
+                    options: AvgPoolOptions::new(*kernel)
+                        .with_stride(*stride)
+                        .with_padding(*padding)
+                        .with_count_include_pad(true),
+                },
+                Op::GlobalAvgPool { input } => Step::GlobalAvgPool { input: input.0 },
+                Op::Concat { inputs } => Step::Concat { inputs: inputs.iter().map(|v| v.0).collect() },
+                Op::ChannelAffine { input, scale, shift } => Step::ChannelAffine {
+                    input: input.0,
+                    scale: per_channel(scale.clone(), &device),
+                    shift: per_channel(shift.clone(), &device),
+                },
+                Op::Linear { input, key } => {
+                    let in_len = match graph.shape(*input) {
+                        Shape::Flat { len } => *len,
+                        Shape::Map { channels, .. } => *channels,
+                    };
+                    let out = match node.shape {
+                        Shape::Flat { len } => len,
+                        Shape::Map { channels, .. } => channels,
+                    };
+                    let weight: Tensor<2> = tensor(tensors, &format!("{key}.weight"), [out, in_len], &device)?;
+                    let bias: Tensor<1> = tensor(tensors, &format!("{key}.bias"), [out], &device)?;
+                    Step::Linear { input: input.0, weight_t: weight.transpose(), bias: bias.reshape([1, out]) }
+                }
+            };
+            steps.push(step);
+        }
+        let input = match graph.input_shape() {
+            Shape::Map { channels, height, width } => [*channels, *height, *width],
+            Shape::Flat { len } => [*len, 1, 1],
+        };
+        Ok(BurnNet {
+            steps,
+            last_use: graph.last_uses(),
+            features: graph.features.0,
+            logits: graph.logits.0,
+            input,
+            device,
+        })
+    }
+
+    /// Input shape without the batch: `[3, H, W]`.
+    pub fn input_shape(&self) -> [usize; 3] {
+        self.input
+    }
+
+    /// Images `[batch, 3, H, W]` -> (features `[batch, D]`, logits `[batch, 1000]`).
+    pub fn forward(&self, pixels: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
+        let mut values: Vec<Option<Val>> = (0..self.steps.len()).map(|_| None).collect();
+        let take_map = |values: &mut Vec<Option<Val>>, i: usize, now: usize, last: &[usize]| -> Tensor<4> {
+            let keep = last[i] > now;
+            match (keep, &values[i]) {
+                (true, Some(Val::Map(t))) => t.clone(),
+                (false, Some(Val::Map(_))) => match values[i].take() {
+                    Some(Val::Map(t)) => t,
+                    _ => unreachable!("checked above"),
+                },
+                _ => unreachable!("graph definitions only feed maps to spatial ops"),
+            }
+        };
+        let mut pixels = Some(pixels);
+        for (now, step) in self.steps.iter().enumerate() {
+            let last = &self.last_use;
+            let out = match step {
+                Step::Input => Val::Map(pixels.take().expect("one input step")),
+                Step::Conv { input, weight, bias, options, activation } => {
+                    let x = take_map(&mut values, *input, now, last);
+                    Val::Map(activate(conv2d(x, weight.clone(), bias.clone(), options.clone()), *activation))
+                }
+                Step::BatchNorm { input, scale, shift } => {
+                    let x = take_map(&mut values, *input, now, last);
+                    Val::Map(x * scale.clone() + shift.clone())
+                }
+                Step::Activation { input, activation } => match values[*input].take() {
+                    Some(Val::Flat(t)) => Val::Flat(activate(t, *activation)),
+                    other => {
+                        values[*input] = other;
+                        Val::Map(activate(take_map(&mut values, *input, now, last), *activation))
+                    }
+                },
+                Step::Add { a, b } => {
+                    let x = take_map(&mut values, *a, now, last);
+                    let y = take_map(&mut values, *b, now, last);
+                    Val::Map(x + y)
+                }
+                Step::MaxPool { input, options } => {
+                    Val::Map(max_pool2d(take_map(&mut values, *input, now, last), options.clone()))
+                }
+                Step::AvgPool { input, options } => {
+                    Val::Map(avg_pool2d(take_map(&mut values, *input, now, last), options.clone()))
+                }
+                Step::GlobalAvgPool { input } => {
+                    let x = take_map(&mut values, *input, now, last);
+                    let [n, c, _, _] = x.dims();
+                    Val::Flat(x.mean_dim(3).mean_dim(2).reshape([n, c]))
+                }
+                Step::Concat { inputs } => {
+                    let parts = inputs.iter().map(|i| take_map(&mut values, *i, now, last)).collect();
+                    Val::Map(Tensor::cat(parts, 1))
+                }
+                Step::ChannelAffine { input, scale, shift } => {
+                    let x = take_map(&mut values, *input, now, last);
+                    Val::Map(x * scale.clone() + shift.clone())
+                }
+                Step::Linear { input, weight_t, bias } => {
+                    let x = match &values[*input] {
+                        Some(Val::Flat(t)) => t.clone(),
+                        _ => unreachable!("linear layers follow pooling"),
+                    };
+                    Val::Flat(x.matmul(weight_t.clone()) + bias.clone())
+                }
+            };
+            values[now] = Some(out);
+        }
+        let flat = |v: &Option<Val>| match v {
+            Some(Val::Flat(t)) => t.clone(),
+            _ => unreachable!("features and logits are flat"),
+        };
+        (flat(&values[self.features]), flat(&values[self.logits]))
+    }
+
+    /// Runs `batch` preprocessed images (`[batch, 3, H, W]` row-major) and reads the
+    /// outputs back.
+    pub fn run(&self, pixels: Vec<f32>, batch: usize) -> Result<Outputs> {
+        let [c, h, w] = self.input;
+        if pixels.len() != batch * c * h * w {
+            return Err(Error::Engine(format!(
+                "expected {batch}x{c}x{h}x{w} input values, got {}",
+                pixels.len()
+            )));
+        }
+        let input = Tensor::from_data(BurnData::new(pixels, [batch, c, h, w]), &self.device);
+        let (features, logits) = self.forward(input);
+        let read = |t: Tensor<2>| -> Result<Vec<f32>> {
+            t.into_data().try_to_vec::<f32>().map_err(|e| Error::Engine(format!("{e:?}")))
+        };
+        Ok(Outputs { features: read(features)?, logits: read(logits)? })
+    }
+}

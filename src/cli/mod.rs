@@ -1,0 +1,73 @@
+//! Command-line glue: each subcommand parses its flags, calls the library and renders
+//! the result. No logic of its own lives here.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod augment;
+mod extract;
+mod imagenet;
+mod models;
+mod organize;
+mod render;
+mod stats;
+
+#[derive(Parser)]
+#[command(name = "graft", version, about = "Turn a pretrained ImageNet network into your own image classifier")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the backbones, or fetch their weights.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+    /// Print the top-5 ImageNet classes of each image (checks a backbone sees correctly).
+    Imagenet(imagenet::Args),
+    /// Compute backbone features for every image under a folder.
+    Extract(extract::Args),
+    /// Turn a CSV of image_id,label and a folder of images into one folder per class.
+    Organize(organize::Args),
+    /// Show the class distribution of a class-folder tree or a labels CSV.
+    Stats(stats::Args),
+    /// Balance classes up to a target size with random affine augmentation.
+    Augment(augment::Args),
+}
+
+/// How a command that ran to its end went.
+pub enum Outcome {
+    /// Everything was processed.
+    Done,
+    /// The run finished, but this many inputs were skipped (each reported).
+    Skipped(u64),
+}
+
+/// Exit code when a run finished but skipped some inputs.
+const EXIT_SKIPPED: u8 = 3;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    render::init_logging();
+    let result = match cli.command {
+        Command::Models(cmd) => models::run(cmd),
+        Command::Imagenet(args) => imagenet::run(args),
+        Command::Extract(args) => extract::run(args),
+        Command::Organize(args) => organize::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Augment(args) => augment::run(args),
+    };
+    match result {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Skipped(n)) => {
+            eprintln!("warning: {n} input(s) were skipped; see the messages above");
+            ExitCode::from(EXIT_SKIPPED)
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

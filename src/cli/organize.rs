@@ -1,0 +1,10 @@
+//! `graft organize` (to be written).
+
+use super::Outcome;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<Outcome> {
+    anyhow::bail!("graft organize is not implemented yet")
+}

@@ -1,0 +1,10 @@
+//! `graft stats` (to be written).
+
+use super::Outcome;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<Outcome> {
+    anyhow::bail!("graft stats is not implemented yet")
+}

@@ -1,0 +1,233 @@
+//! A labelled dataset: images with class labels, from class folders or a labels CSV.
+//! Class names are sorted, so label indices never depend on directory order.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::scan::{relative_slash_path, scan_images};
+use crate::error::{Error, Result};
+
+/// Fewer images than this in a class draws a warning (retrain.py's threshold).
+pub const MIN_IMAGES_PER_CLASS: usize = 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabeledImage {
+    /// Path relative to the dataset root, `/`-separated: the image's identity for the
+    /// split rule and in reports.
+    pub relative: String,
+    pub path: PathBuf,
+    /// Index into [`Dataset::classes`].
+    pub label: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub root: PathBuf,
+    /// Sorted class names.
+    pub classes: Vec<String>,
+    /// Sorted by relative path.
+    pub images: Vec<LabeledImage>,
+}
+
+impl Dataset {
+    /// Every folder that directly holds images is a class, named after the folder, so
+    /// nested trees like `train/Fruit/Apple/Granny-Smith/` work. Images directly in the
+    /// root belong to no class and are ignored.
+    pub fn from_class_folders(root: &Path) -> Result<Dataset> {
+        let entries = scan_images(root)?;
+        // class name -> folder (relative) that defines it
+        let mut folders: BTreeMap<String, String> = BTreeMap::new();
+        let mut per_image = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Some((folder, _file)) = entry.relative.rsplit_once('/') else {
+                continue;
+            };
+            let name = folder.rsplit('/').next().unwrap_or(folder).to_string();
+            match folders.get(&name) {
+                Some(existing) if existing != folder => {
+                    return Err(Error::invalid_input(
+                        root,
+                        format!(
+                            "two class folders are both named '{name}': '{existing}' and '{folder}'; \
+                             rename one so every class has its own name"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    folders.insert(name.clone(), folder.to_string());
+                }
+            }
+            per_image.push((entry, name));
+        }
+        let classes: Vec<String> = folders.into_keys().collect();
+        let images = per_image
+            .into_iter()
+            .map(|(entry, name)| LabeledImage {
+                label: classes.binary_search(&name).unwrap_or(0),
+                relative: entry.relative,
+                path: entry.path,
+            })
+            .collect();
+        Dataset::new(root, classes, images)
+    }
+
+    /// Rows of `path,label` (header optional), paths relative to `images_root`
+    /// (default: the CSV's folder).
+    pub fn from_labels_csv(csv_path: &Path, images_root: Option<&Path>) -> Result<Dataset> {
+        let root = match images_root {
+            Some(r) => r.to_path_buf(),
+            None => csv_path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let text = std::fs::read_to_string(csv_path).map_err(|e| Error::io(csv_path, e))?;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(text.as_bytes());
+        let mut rows: Vec<(String, String)> = Vec::new();
+        for (i, record) in reader.records().enumerate() {
+            let line = i + 1;
+            let record = record.map_err(|e| {
+                Error::invalid_input(csv_path, format!("line {line}: {e}; expected `path,label` rows"))
+            })?;
+            if record.len() < 2 {
+                return Err(Error::invalid_input(
+                    csv_path,
+                    format!("line {line}: expected `path,label`, found {} field(s)", record.len()),
+                ));
+            }
+            let (path, label) = (record[0].to_string(), record[1].to_string());
+            if line == 1 && path.eq_ignore_ascii_case("path") {
+                continue; // header
+            }
+            if label.is_empty() {
+                return Err(Error::invalid_input(csv_path, format!("line {line}: empty label for '{path}'")));
+            }
+            rows.push((path, label));
+        }
+        let mut classes: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect();
+        classes.sort();
+        classes.dedup();
+        let mut images: Vec<LabeledImage> = rows
+            .into_iter()
+            .map(|(path, label)| {
+                let full = root.join(&path);
+                LabeledImage {
+                    relative: relative_slash_path(&root, &full),
+                    path: full,
+                    label: classes.binary_search(&label).unwrap_or(0),
+                }
+            })
+            .collect();
+        images.sort_by(|a, b| a.relative.cmp(&b.relative));
+        for pair in images.windows(2) {
+            if pair[0].relative == pair[1].relative {
+                return Err(Error::invalid_input(
+                    csv_path,
+                    format!("'{}' is listed twice; keep one row per image", pair[0].relative),
+                ));
+            }
+        }
+        Dataset::new(&root, classes, images)
+    }
+
+    fn new(root: &Path, classes: Vec<String>, images: Vec<LabeledImage>) -> Result<Dataset> {
+        if classes.len() < 2 {
+            return Err(Error::invalid_input(
+                root,
+                format!(
+                    "found {} class(es) with images; a classifier needs at least 2 \
+                     (one sub-folder of images per class)",
+                    classes.len()
+                ),
+            ));
+        }
+        Ok(Dataset {
+            root: root.to_path_buf(),
+            classes,
+            images,
+        })
+    }
+
+    /// Images per class, in class order.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes.len()];
+        for image in &self.images {
+            counts[image.label] += 1;
+        }
+        counts
+    }
+
+    /// Classes with fewer than [`MIN_IMAGES_PER_CLASS`] images, as warnings.
+    pub fn warnings(&self) -> Vec<String> {
+        self.class_counts()
+            .iter()
+            .zip(&self.classes)
+            .filter(|(n, _)| **n < MIN_IMAGES_PER_CLASS)
+            .map(|(n, name)| {
+                format!("class '{name}' has only {n} image(s); {MIN_IMAGES_PER_CLASS} or more give a more reliable classifier")
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(root: &Path, rel: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn nested_class_folders_are_found_and_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "Fruit/Apple/Granny-Smith/1.jpg");
+        touch(dir.path(), "Fruit/Banana/2.JPG");
+        touch(dir.path(), "Fruit/Banana/1.png");
+        touch(dir.path(), "loose.jpg");
+        let ds = Dataset::from_class_folders(dir.path()).unwrap();
+        assert_eq!(ds.classes, vec!["Banana", "Granny-Smith"]);
+        assert_eq!(ds.images.len(), 3);
+        assert_eq!(ds.class_counts(), vec![2, 1]);
+        assert_eq!(ds.images[2].relative, "Fruit/Banana/2.JPG");
+        assert_eq!(ds.images[2].label, 0);
+        assert_eq!(ds.warnings().len(), 2);
+    }
+
+    #[test]
+    fn duplicate_class_names_name_both_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "a/Apple/1.jpg");
+        touch(dir.path(), "b/Apple/1.jpg");
+        touch(dir.path(), "c/Pear/1.jpg");
+        let err = Dataset::from_class_folders(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("a/Apple") && err.contains("b/Apple"), "{err}");
+    }
+
+    #[test]
+    fn one_class_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "Apple/1.jpg");
+        let err = Dataset::from_class_folders(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("at least 2"), "{err}");
+    }
+
+    #[test]
+    fn labels_csv_with_header_and_bom() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("labels.csv");
+        std::fs::write(&csv, "\u{feff}path,label\r\nimg/1.jpg,cat\r\nimg/2.jpg,dog\r\n").unwrap();
+        let ds = Dataset::from_labels_csv(&csv, None).unwrap();
+        assert_eq!(ds.classes, vec!["cat", "dog"]);
+        assert_eq!(ds.images[1].relative, "img/2.jpg");
+        assert_eq!(ds.images[1].label, 1);
+        std::fs::write(&csv, "img/1.jpg,cat\nimg/1.jpg,dog\n").unwrap();
+        let err = Dataset::from_labels_csv(&csv, None).unwrap_err().to_string();
+        assert!(err.contains("listed twice"), "{err}");
+    }
+}

@@ -1,0 +1,7 @@
+//! Batch feature extraction with a backbone, and the features file format.
+
+pub mod cache;
+pub mod extract;
+pub mod file;
+
+pub use extract::{extract, ExtractOptions, ExtractReport, Skipped};

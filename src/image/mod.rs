@@ -1,0 +1,7 @@
+//! Images: decoding any supported file to RGB, preprocessing for a backbone, augmentation.
+
+pub mod augment;
+pub mod decode;
+pub mod preprocess;
+
+pub use decode::{decode_rgb8, decode_rgb8_bytes, is_supported_image, DecodeLimits, SUPPORTED_EXTENSIONS};

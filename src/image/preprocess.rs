@@ -1,0 +1,81 @@
+//! Turning a decoded RGB image into a backbone's input tensor, following the backbone's
+//! [`Preprocess`] record: centre crop, resize, per-channel normalisation.
+//!
+//! Resizing uses `fast_image_resize` (SIMD, convolution-based like PIL's `resize`, with
+//! the crop given as a fractional box, as PIL's `box=` argument), so the result matches
+//! PIL within rounding of the 8-bit output.
+
+use ::image::RgbImage;
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+
+use crate::backbone::{Filter, Preprocess};
+use crate::error::{Error, Result};
+
+/// The centred square crop box `(left, top, side)` of `crop_fraction` of the shorter side.
+pub fn center_crop_box(width: u32, height: u32, crop_fraction: f64) -> (f64, f64, f64) {
+    let side = f64::from(width.min(height)) * crop_fraction;
+    let left = (f64::from(width) - side) / 2.0;
+    let top = (f64::from(height) - side) / 2.0;
+    (left, top, side)
+}
+
+/// Crops and resizes `rgb` to `p.size x p.size` pixels (8-bit RGB).
+pub fn crop_resize(rgb: &RgbImage, p: &Preprocess) -> Result<RgbImage> {
+    let (left, top, side) = center_crop_box(rgb.width(), rgb.height(), p.crop_fraction);
+    let filter = match p.filter {
+        Filter::Bilinear => FilterType::Bilinear,
+        // PIL's BICUBIC is the Catmull-Rom kernel (a = -0.5).
+        Filter::Bicubic => FilterType::CatmullRom,
+    };
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(filter))
+        .crop(left, top, side, side);
+    let mut out = RgbImage::new(p.size, p.size);
+    Resizer::new()
+        .resize(rgb, &mut out, &options)
+        .map_err(|e| Error::Engine(format!("resize failed: {e}")))?;
+    Ok(out)
+}
+
+/// Writes the normalised planes of an already-sized image into `out` (`[3, H, W]`).
+pub fn normalize_into(sized: &RgbImage, p: &Preprocess, out: &mut [f32]) {
+    let plane = (sized.width() * sized.height()) as usize;
+    let scale = p.std.map(|s| 1.0 / s);
+    for (i, px) in sized.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (f32::from(px.0[c]) - p.mean[c]) * scale[c];
+        }
+    }
+}
+
+/// Crop, resize and normalise: the `[3, size, size]` input for one image.
+pub fn preprocess(rgb: &RgbImage, p: &Preprocess) -> Result<Vec<f32>> {
+    let sized = crop_resize(rgb, p)?;
+    let mut out = vec![0f32; 3 * (p.size * p.size) as usize];
+    normalize_into(&sized, p, &mut out);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbone::BackboneId;
+
+    #[test]
+    fn crop_box_is_centred_on_the_shorter_side() {
+        let (l, t, s) = center_crop_box(400, 200, 0.5);
+        assert_eq!((l, t, s), (150.0, 50.0, 100.0));
+    }
+
+    #[test]
+    fn uniform_image_normalises_to_a_constant() {
+        let p = BackboneId::EfficientNetLite0.spec().preprocess;
+        let img = RgbImage::from_pixel(300, 200, ::image::Rgb([255, 127, 0]));
+        let x = preprocess(&img, &p).unwrap();
+        let plane = 224 * 224;
+        assert_eq!(x.len(), 3 * plane);
+        assert!((x[0] - 1.0).abs() < 1e-6, "{}", x[0]);
+        assert!(x[plane..2 * plane].iter().all(|v| v.abs() < 1e-6));
+        assert!((x[2 * plane] + 127.0 / 128.0).abs() < 1e-6);
+    }
+}

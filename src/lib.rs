@@ -1,0 +1,27 @@
+//! graft: turn a pretrained ImageNet network into your own image classifier.
+//!
+//! Data flows one way, and each module owns one stage of it:
+//!
+//! ```text
+//! image file -> decoded RGB -> preprocessed tensor -> backbone features -> feature cache
+//!            -> softmax head -> predictions -> metrics / reports / HTTP answers
+//! ```
+//!
+//! - [`dataset`]: scanning folders, labels, organizing a labelled CSV into class folders.
+//! - [`image`]: decoding, preprocessing for a backbone, augmentation.
+//! - [`backbone`]: the networks (one definition each), their weights, the engines that run them.
+//! - [`features`]: batch feature extraction.
+
+pub mod backbone;
+pub mod dataset;
+pub mod error;
+pub mod features;
+pub mod fsx;
+pub mod home;
+pub mod image;
+pub mod metrics;
+pub mod progress;
+pub mod report;
+pub mod summary;
+
+pub use error::{Error, Result};
