@@ -13,14 +13,17 @@
 //! - [`features`]: batch feature extraction.
 
 pub mod backbone;
+pub mod bundle;
 pub mod dataset;
 pub mod error;
 pub mod features;
 pub mod fsx;
+pub mod head;
 pub mod home;
 pub mod image;
 pub mod metrics;
 pub mod progress;
+pub mod retrain;
 pub mod report;
 pub mod summary;
 

@@ -12,6 +12,7 @@ mod models;
 mod organize;
 mod render;
 mod stats;
+mod train;
 
 #[derive(Parser)]
 #[command(name = "graft", version, about = "Turn a pretrained ImageNet network into your own image classifier")]
@@ -35,6 +36,8 @@ enum Command {
     Stats(stats::Args),
     /// Balance classes up to a target size with random affine augmentation.
     Augment(augment::Args),
+    /// Train a classifier on top of a frozen backbone (retrain.py's job).
+    Train(train::Args),
 }
 
 /// How a command that ran to its end went.
@@ -58,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Organize(args) => organize::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Augment(args) => augment::run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

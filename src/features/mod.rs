@@ -1,6 +1,7 @@
 //! Batch feature extraction with a backbone, and the features file format.
 
 pub mod cache;
+pub mod cached;
 pub mod extract;
 pub mod file;
 

@@ -1,0 +1,230 @@
+//! A trained model on disk: a folder with
+//! - `manifest.json`: format version, graft version, backbone and weights checksum,
+//!   preprocessing, feature dimension, labels, training flags, split sizes, metrics;
+//! - `head.safetensors`: the softmax layer (`weight` `[D, N]`, `bias` `[N]`);
+//! - `labels.txt`: one label per line, in class-index order (retrain.py's `output_labels.txt`).
+//!
+//! A bundle is written into a temporary sibling folder and renamed into place, so a
+//! crash never leaves a half bundle under the final name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::{Backbone, BackboneId, Preprocess};
+use crate::error::{Error, Result};
+use crate::head::HeadWeights;
+
+pub const FORMAT_VERSION: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+const HEAD: &str = "head.safetensors";
+const LABELS: &str = "labels.txt";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SplitSizes {
+    pub train: usize,
+    pub validation: usize,
+    pub test: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub graft_version: String,
+    pub backbone: BackboneId,
+    pub weights_sha256: String,
+    pub preprocess: Preprocess,
+    pub feature_dim: usize,
+    pub labels: Vec<String>,
+    /// The training flags, as given.
+    pub training: serde_json::Value,
+    pub split_sizes: SplitSizes,
+    /// Final metrics (`test_accuracy`, `validation_accuracy`, ...).
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub manifest: Manifest,
+    pub head: HeadWeights,
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+impl Bundle {
+    /// Writes the bundle to `dir`, replacing an existing bundle there atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        self.head.check()?;
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".graft-bundle-")
+            .tempdir_in(&parent)
+            .map_err(|e| Error::io(&parent, e))?;
+        let manifest = serde_json::to_vec_pretty(&self.manifest).map_err(|e| Error::Invalid(e.to_string()))?;
+        crate::fsx::write_atomic(&staging.path().join(MANIFEST), &manifest)?;
+        let weight = f32_bytes(&self.head.weight);
+        let bias = f32_bytes(&self.head.bias);
+        let tensors = [
+            ("weight", TensorView::new(Dtype::F32, vec![self.head.dim, self.head.classes], &weight)),
+            ("bias", TensorView::new(Dtype::F32, vec![self.head.classes], &bias)),
+        ];
+        let tensors: Vec<(&str, TensorView)> = tensors
+            .into_iter()
+            .map(|(n, t)| t.map(|t| (n, t)).map_err(|e| Error::Invalid(e.to_string())))
+            .collect::<Result<_>>()?;
+        let meta = HashMap::from([("format".to_string(), "graft-head/1".to_string())]);
+        let head = safetensors::serialize(tensors, &Some(meta)).map_err(|e| Error::Invalid(e.to_string()))?;
+        crate::fsx::write_atomic(&staging.path().join(HEAD), &head)?;
+        let mut labels = self.manifest.labels.join("\n");
+        labels.push('\n');
+        crate::fsx::write_atomic(&staging.path().join(LABELS), labels.as_bytes())?;
+
+        // Swap into place: the old bundle (if any) moves aside first, then is removed.
+        let staged = staging.keep();
+        if dir.exists() {
+            let old = parent.join(format!(
+                ".graft-old-{}-{}",
+                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                std::process::id()
+            ));
+            std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+            std::fs::rename(&staged, dir).map_err(|e| Error::io(dir, e))?;
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&staged, dir).map_err(|e| Error::io(dir, e))?;
+        }
+        Ok(())
+    }
+
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let not_bundle = |reason: String| {
+            Error::invalid_input(dir, format!("{reason}; expected a model folder written by `graft train --output`"))
+        };
+        let manifest_path = dir.join(MANIFEST);
+        let text = std::fs::read(&manifest_path).map_err(|e| not_bundle(format!("cannot read {MANIFEST}: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&text).map_err(|e| not_bundle(format!("{MANIFEST} is invalid: {e}")))?;
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(not_bundle(format!(
+                "bundle format version {} is not supported (this graft reads version {FORMAT_VERSION})",
+                manifest.format_version
+            )));
+        }
+        let head_path = dir.join(HEAD);
+        let bytes = std::fs::read(&head_path).map_err(|e| Error::io(&head_path, e))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::invalid_input(&head_path, format!("corrupt head weights: {e}; retrain the model")))?;
+        let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
+            let t = st
+                .tensor(name)
+                .map_err(|e| Error::invalid_input(&head_path, format!("missing '{name}': {e}")))?;
+            let values = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            Ok((t.shape().to_vec(), values))
+        };
+        let (wshape, weight) = read("weight")?;
+        let (_, bias) = read("bias")?;
+        let head = HeadWeights {
+            dim: wshape.first().copied().unwrap_or(0),
+            classes: wshape.get(1).copied().unwrap_or(0),
+            weight,
+            bias,
+        };
+        head.check().map_err(|e| Error::invalid_input(&head_path, e.to_string()))?;
+        if head.classes != manifest.labels.len() || head.dim != manifest.feature_dim {
+            return Err(not_bundle(format!(
+                "head is {}x{} but the manifest lists {} labels and feature dim {}",
+                head.dim,
+                head.classes,
+                manifest.labels.len(),
+                manifest.feature_dim
+            )));
+        }
+        Ok(Bundle { manifest, head })
+    }
+
+    /// Refuses a backbone other than the one the head was trained on, saying what differs.
+    pub fn check_backbone(&self, backbone: &Backbone) -> Result<()> {
+        let m = &self.manifest;
+        if m.backbone != backbone.id {
+            return Err(Error::Invalid(format!(
+                "this model was trained on {} features, but the backbone in use is {}; \
+                 use --backbone {} or retrain",
+                m.backbone, backbone.id, m.backbone
+            )));
+        }
+        if m.weights_sha256 != backbone.weights_sha256 {
+            return Err(Error::Invalid(format!(
+                "this model was trained on {} with weights {} but the installed weights are {}; \
+                 install the same weights (graft models fetch {}) or retrain",
+                m.backbone, m.weights_sha256, backbone.weights_sha256, m.backbone
+            )));
+        }
+        if m.preprocess != backbone.spec().preprocess {
+            return Err(Error::Invalid(format!(
+                "this model was trained with preprocessing {:?}, but this graft uses {:?} for {}; retrain",
+                m.preprocess,
+                backbone.spec().preprocess,
+                m.backbone
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle() -> Bundle {
+        Bundle {
+            manifest: Manifest {
+                format_version: FORMAT_VERSION,
+                graft_version: "test".into(),
+                backbone: BackboneId::EfficientNetLite0,
+                weights_sha256: "abc".into(),
+                preprocess: BackboneId::EfficientNetLite0.spec().preprocess,
+                feature_dim: 2,
+                labels: vec!["a".into(), "b".into(), "c".into()],
+                training: serde_json::json!({"steps": 3}),
+                split_sizes: SplitSizes { train: 1, validation: 2, test: 3 },
+                metrics: serde_json::Map::new(),
+            },
+            head: HeadWeights { dim: 2, classes: 3, weight: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], bias: vec![0.0, 0.5, -1.0] },
+        }
+    }
+
+    #[test]
+    fn save_load_and_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("model");
+        let b = bundle();
+        b.save(&target).unwrap();
+        b.save(&target).unwrap();
+        let loaded = Bundle::load(&target).unwrap();
+        assert_eq!(loaded.manifest, b.manifest);
+        assert_eq!(loaded.head, b.head);
+        assert_eq!(std::fs::read_to_string(target.join("labels.txt")).unwrap(), "a\nb\nc\n");
+        // Only the bundle is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec!["model"]);
+    }
+
+    #[test]
+    fn not_a_bundle_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Bundle::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("graft train --output"), "{err}");
+    }
+}

@@ -1,0 +1,176 @@
+//! `graft train IMAGE_DIR`: retrain.py's job, with its flags and defaults.
+
+use std::path::PathBuf;
+
+use graft::backbone::BackboneId;
+use graft::features::ExtractOptions;
+use graft::head::{Optimizer, TrainConfig, TrainEvent};
+use graft::progress::Progress;
+use graft::retrain::{default_bottleneck_dir, retrain, ImageSource, RetrainEvent, RetrainOptions};
+
+use super::render::Bar;
+use super::Outcome;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Folder with one sub-folder of images per class (nested trees work).
+    #[arg(required_unless_present = "labels")]
+    image_dir: Option<PathBuf>,
+    /// CSV of `path,label` rows instead of class folders.
+    #[arg(long, conflicts_with = "image_dir")]
+    labels: Option<PathBuf>,
+    /// Folder the CSV's paths are relative to (default: the CSV's folder).
+    #[arg(long, requires = "labels")]
+    images: Option<PathBuf>,
+    /// Backbone network.
+    #[arg(long, default_value_t = BackboneId::DEFAULT.name().to_string())]
+    backbone: String,
+    /// Where to write the trained model (a folder).
+    #[arg(long, short, default_value = "graft-model")]
+    output: PathBuf,
+    /// Feature cache folder (default: <graft home>/bottlenecks).
+    #[arg(long)]
+    bottleneck_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 4000)]
+    how_many_training_steps: usize,
+    #[arg(long, default_value_t = 0.01)]
+    learning_rate: f64,
+    #[arg(long, default_value_t = 100)]
+    train_batch_size: usize,
+    #[arg(long, default_value_t = 10)]
+    eval_step_interval: usize,
+    /// Validation images per evaluation; -1 for the whole validation split.
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    validation_batch_size: i64,
+    /// Test images for the final accuracy; -1 for the whole test split.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    test_batch_size: i64,
+    #[arg(long, default_value_t = 10.0)]
+    validation_percentage: f64,
+    #[arg(long, default_value_t = 10.0)]
+    testing_percentage: f64,
+    #[arg(long, value_enum, default_value_t = Optimizer::Sgd)]
+    optimizer: Optimizer,
+    /// L2 penalty on the head's weights.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// List the test images the model gets wrong.
+    #[arg(long)]
+    print_misclassified_test_images: bool,
+    /// Write TensorBoard summaries (train/ and validation/) here.
+    #[arg(long)]
+    summaries_dir: Option<PathBuf>,
+    /// Save an intermediate model every N steps (0: never).
+    #[arg(long, default_value_t = 0)]
+    intermediate_store_frequency: usize,
+    /// Where intermediate models go (default: <output>-intermediate).
+    #[arg(long)]
+    intermediate_output_dir: Option<PathBuf>,
+    /// Images per backbone forward pass during feature extraction.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+}
+
+fn percent(v: f32) -> String {
+    format!("{:.1}%", v * 100.0)
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let source = match (&args.image_dir, &args.labels) {
+        (_, Some(labels)) => ImageSource::Csv { labels: labels.clone(), images: args.images.clone() },
+        (Some(dir), None) => ImageSource::Folders(dir.clone()),
+        (None, None) => anyhow::bail!("pass an image folder or --labels FILE.csv"),
+    };
+    let intermediate_dir = args.intermediate_output_dir.clone().unwrap_or_else(|| {
+        let mut name = args.output.file_name().unwrap_or_default().to_os_string();
+        name.push("-intermediate");
+        args.output.with_file_name(name)
+    });
+    let options = RetrainOptions {
+        source,
+        backbone: args.backbone.parse()?,
+        bottleneck_dir: args.bottleneck_dir.clone().unwrap_or_else(default_bottleneck_dir),
+        validation_percentage: args.validation_percentage,
+        testing_percentage: args.testing_percentage,
+        train: TrainConfig {
+            steps: args.how_many_training_steps,
+            learning_rate: args.learning_rate,
+            train_batch_size: args.train_batch_size,
+            eval_step_interval: args.eval_step_interval,
+            validation_batch_size: args.validation_batch_size,
+            optimizer: args.optimizer,
+            weight_decay: args.weight_decay,
+            seed: args.seed,
+        },
+        test_batch_size: args.test_batch_size,
+        extract: ExtractOptions { batch_size: args.batch_size, ..ExtractOptions::default() },
+        summaries_dir: args.summaries_dir.clone(),
+        output: args.output.clone(),
+        intermediate_store_frequency: args.intermediate_store_frequency,
+        intermediate_dir,
+    };
+
+    let bar = Bar::new();
+    let mut training_started = false;
+    let mut last_step = 0usize;
+    let outcome = retrain(&options, &bar, |event| match event {
+        RetrainEvent::Warning(w) => bar.message(&format!("warning: {w}")),
+        RetrainEvent::Features { hits, extracted, corrupt, seconds } => {
+            let rate = if seconds > 0.0 { format!(" ({:.2} images/s)", extracted as f64 / seconds) } else { String::new() };
+            let corrupt = if corrupt > 0 { format!(", {corrupt} corrupt entries recomputed") } else { String::new() };
+            bar.message(&format!("features: {hits} from cache, {extracted} extracted{rate}{corrupt}"));
+        }
+        RetrainEvent::Training(TrainEvent::Evaluation { step, train_accuracy, cross_entropy, validation_accuracy, .. }) => {
+            if !training_started {
+                bar.begin("training", options.train.steps as u64);
+                training_started = true;
+            }
+            let validation = validation_accuracy.map(percent).unwrap_or_else(|| "n/a".into());
+            bar.message(&format!(
+                "step {step}: train accuracy = {}, cross entropy = {cross_entropy:.4}, validation accuracy = {validation}",
+                percent(*train_accuracy)
+            ));
+            bar.advance(step.saturating_sub(last_step) as u64);
+            last_step = *step;
+        }
+        RetrainEvent::Training(TrainEvent::Intermediate { step }) => {
+            bar.message(&format!("step {step}: saved an intermediate model"));
+        }
+    })?;
+    bar.finish();
+
+    let sizes = &outcome.split_sizes;
+    println!(
+        "{} classes; images: {} train, {} validation, {} test; head trained in {:.1}s",
+        outcome.dataset.classes.len(),
+        sizes.train,
+        sizes.validation,
+        sizes.test,
+        outcome.head_seconds
+    );
+    match &outcome.test {
+        Some(test) => {
+            println!("Final test accuracy = {:.1}% (N={})", test.top1_accuracy * 100.0, test.samples);
+            if args.print_misclassified_test_images {
+                println!("=== MISCLASSIFIED TEST IMAGES ===");
+                for m in &test.misclassified {
+                    println!(
+                        "{:>60}  true {}  predicted {} ({:.2})",
+                        outcome.test_paths[m.index],
+                        test.labels[m.truth],
+                        test.labels[m.predicted],
+                        m.predicted_probability
+                    );
+                }
+            }
+        }
+        None => println!("no test images (raise --testing-percentage to measure test accuracy)"),
+    }
+    println!("model written to {}", args.output.display());
+    Ok(match outcome.skipped.len() {
+        0 => Outcome::Done,
+        n => Outcome::Skipped(n as u64),
+    })
+}

@@ -1,0 +1,275 @@
+//! The whole of retrain.py as one library call: dataset -> stable split -> cached
+//! features -> softmax head -> test evaluation -> model bundle (+ TensorBoard summaries
+//! and training curves). The CLI only parses flags and renders the events.
+
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::backbone::{Backbone, BackboneId};
+use crate::bundle::{Bundle, Manifest, SplitSizes, FORMAT_VERSION};
+use crate::dataset::classes::Dataset;
+use crate::dataset::split::{which_split, Split};
+use crate::error::{Error, Result};
+use crate::features::cache::FeatureCache;
+use crate::features::cached::cached_features;
+use crate::features::{ExtractOptions, Skipped};
+use crate::head::train::score;
+use crate::head::{train_head, HeadWeights, SplitData, TrainConfig, TrainEvent};
+use crate::metrics::{evaluate, Evaluation};
+use crate::progress::Progress;
+use crate::report::curves::{training_curves_png, CurvePoint};
+use crate::summary::SummaryWriter;
+
+/// Where the labelled images come from.
+#[derive(Clone, Debug)]
+pub enum ImageSource {
+    /// One sub-folder per class.
+    Folders(PathBuf),
+    /// A CSV of `path,label` rows; paths relative to `images` (default: the CSV's folder).
+    Csv { labels: PathBuf, images: Option<PathBuf> },
+}
+
+impl ImageSource {
+    pub fn load(&self) -> Result<Dataset> {
+        match self {
+            ImageSource::Folders(dir) => Dataset::from_class_folders(dir),
+            ImageSource::Csv { labels, images } => Dataset::from_labels_csv(labels, images.as_deref()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RetrainOptions {
+    pub source: ImageSource,
+    pub backbone: BackboneId,
+    pub bottleneck_dir: PathBuf,
+    pub validation_percentage: f64,
+    pub testing_percentage: f64,
+    pub train: TrainConfig,
+    /// `-1`: the whole test split; otherwise a random class-balanced sample of this size.
+    pub test_batch_size: i64,
+    pub extract: ExtractOptions,
+    pub summaries_dir: Option<PathBuf>,
+    pub output: PathBuf,
+    /// Save an intermediate bundle every N steps (0: never) under `intermediate_dir`.
+    pub intermediate_store_frequency: usize,
+    pub intermediate_dir: PathBuf,
+}
+
+/// What the run reports beyond training events.
+pub enum RetrainEvent<'a> {
+    Warning(String),
+    Features { hits: usize, extracted: usize, corrupt: usize, seconds: f64 },
+    Training(&'a TrainEvent),
+}
+
+pub struct RetrainOutcome {
+    pub bundle: Bundle,
+    pub dataset: Dataset,
+    pub split_sizes: SplitSizes,
+    /// Evaluation on the test split (None when the split is empty).
+    pub test: Option<Evaluation>,
+    /// Relative paths of the evaluated test images, index-aligned with `test`.
+    pub test_paths: Vec<String>,
+    pub skipped: Vec<Skipped>,
+    pub head_seconds: f64,
+}
+
+/// Runs the whole retraining; `on_event` receives warnings, feature-cache statistics
+/// and training progress.
+pub fn retrain(
+    options: &RetrainOptions,
+    progress: &dyn Progress,
+    mut on_event: impl FnMut(RetrainEvent<'_>),
+) -> Result<RetrainOutcome> {
+    let dataset = options.source.load()?;
+    for warning in dataset.warnings() {
+        on_event(RetrainEvent::Warning(warning));
+    }
+    let backbone = Backbone::load(options.backbone, progress)?;
+    let cache = FeatureCache::open(&options.bottleneck_dir)?;
+    let paths: Vec<PathBuf> = dataset.images.iter().map(|i| i.path.clone()).collect();
+    let cached = cached_features(&backbone, &cache, &paths, options.extract, progress)?;
+    on_event(RetrainEvent::Features {
+        hits: cached.hits,
+        extracted: cached.extracted,
+        corrupt: cached.corrupt,
+        seconds: cached.extraction_seconds,
+    });
+
+    let dim = backbone.spec().feature_dim;
+    let mut splits = [
+        SplitData { dim, ..Default::default() },
+        SplitData { dim, ..Default::default() },
+        SplitData { dim, ..Default::default() },
+    ];
+    let mut test_paths = Vec::new();
+    for (image, features) in dataset.images.iter().zip(&cached.features) {
+        let Some(features) = features else { continue };
+        let split = which_split(&image.relative, options.validation_percentage, options.testing_percentage);
+        let slot = match split {
+            Split::Train => 0,
+            Split::Validation => 1,
+            Split::Test => {
+                test_paths.push(image.relative.clone());
+                2
+            }
+        };
+        splits[slot].push(features, image.label);
+    }
+    for (slot, split) in [Split::Train, Split::Validation, Split::Test].into_iter().enumerate() {
+        let mut present = vec![false; dataset.classes.len()];
+        for &l in &splits[slot].labels {
+            present[l] = true;
+        }
+        for (class, _) in present.iter().enumerate().filter(|(_, p)| !**p) {
+            on_event(RetrainEvent::Warning(format!(
+                "class '{}' has no image in the {} split",
+                dataset.classes[class],
+                split.name()
+            )));
+        }
+    }
+    let [train, validation, test] = splits;
+    let split_sizes = SplitSizes { train: train.len(), validation: validation.len(), test: test.len() };
+
+    let mut writers = match &options.summaries_dir {
+        Some(dir) => Some((SummaryWriter::create(&dir.join("train"))?, SummaryWriter::create(&dir.join("validation"))?)),
+        None => None,
+    };
+    let mut curve = Vec::new();
+    let manifest_for = |head_metrics: serde_json::Map<String, serde_json::Value>| Manifest {
+        format_version: FORMAT_VERSION,
+        graft_version: env!("CARGO_PKG_VERSION").to_string(),
+        backbone: backbone.id,
+        weights_sha256: backbone.weights_sha256.clone(),
+        preprocess: backbone.spec().preprocess,
+        feature_dim: dim,
+        labels: dataset.classes.clone(),
+        training: serde_json::json!({
+            "how_many_training_steps": options.train.steps,
+            "learning_rate": options.train.learning_rate,
+            "train_batch_size": options.train.train_batch_size,
+            "eval_step_interval": options.train.eval_step_interval,
+            "validation_batch_size": options.train.validation_batch_size,
+            "test_batch_size": options.test_batch_size,
+            "validation_percentage": options.validation_percentage,
+            "testing_percentage": options.testing_percentage,
+            "optimizer": options.train.optimizer,
+            "weight_decay": options.train.weight_decay,
+            "seed": options.train.seed,
+        }),
+        split_sizes: split_sizes.clone(),
+        metrics: head_metrics,
+    };
+
+    let started = std::time::Instant::now();
+    let result = train_head(
+        &options.train,
+        dataset.classes.len(),
+        &train,
+        &validation,
+        options.intermediate_store_frequency,
+        |event, weights| {
+            match event {
+                TrainEvent::Evaluation { step, train_accuracy, cross_entropy, validation_accuracy, validation_cross_entropy } => {
+                    if let Some((tw, vw)) = writers.as_mut() {
+                        let s = *step as i64;
+                        tw.scalar("accuracy", s, *train_accuracy)?;
+                        tw.scalar("cross_entropy", s, *cross_entropy)?;
+                        tw.histogram("final_training_ops/weights", s, &weights.weight)?;
+                        tw.histogram("final_training_ops/biases", s, &weights.bias)?;
+                        if let (Some(a), Some(l)) = (validation_accuracy, validation_cross_entropy) {
+                            vw.scalar("accuracy", s, *a)?;
+                            vw.scalar("cross_entropy", s, *l)?;
+                        }
+                    }
+                    curve.push(CurvePoint {
+                        step: *step as u64,
+                        train_accuracy: *train_accuracy,
+                        train_cross_entropy: *cross_entropy,
+                        validation_accuracy: *validation_accuracy,
+                        validation_cross_entropy: *validation_cross_entropy,
+                    });
+                }
+                TrainEvent::Intermediate { step } => {
+                    let bundle = Bundle { manifest: manifest_for(serde_json::Map::new()), head: weights.clone() };
+                    bundle.save(&options.intermediate_dir.join(format!("step-{step}")))?;
+                }
+            }
+            on_event(RetrainEvent::Training(event));
+            Ok(())
+        },
+    )?;
+    let head_seconds = started.elapsed().as_secs_f64();
+    if let Some((tw, vw)) = writers.as_mut() {
+        tw.flush()?;
+        vw.flush()?;
+    }
+
+    let mut metrics = serde_json::Map::new();
+    let all_validation: Vec<usize> = (0..validation.len()).collect();
+    if !validation.is_empty() {
+        let (acc, _) = score(&result.head, &validation, &all_validation);
+        metrics.insert("validation_accuracy".into(), f64::from(acc).into());
+    }
+    let (test_eval, test_paths) = evaluate_test(&result.head, &dataset, &test, test_paths, options)?;
+    if let Some(e) = &test_eval {
+        metrics.insert("test_accuracy".into(), e.top1_accuracy.into());
+        metrics.insert("test_top5_accuracy".into(), e.top5_accuracy.into());
+        metrics.insert("test_images".into(), e.samples.into());
+    }
+    let bundle = Bundle { manifest: manifest_for(metrics), head: result.head };
+    bundle.save(&options.output)?;
+    if !curve.is_empty() {
+        training_curves_png(&options.output.join("training_curves.png"), &curve)?;
+    }
+    Ok(RetrainOutcome {
+        bundle,
+        dataset,
+        split_sizes,
+        test: test_eval,
+        test_paths,
+        skipped: cached.skipped,
+        head_seconds,
+    })
+}
+
+fn evaluate_test(
+    head: &HeadWeights,
+    dataset: &Dataset,
+    test: &SplitData,
+    test_paths: Vec<String>,
+    options: &RetrainOptions,
+) -> Result<(Option<Evaluation>, Vec<String>)> {
+    if test.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let indices: Vec<usize> = if options.test_batch_size < 0 {
+        (0..test.len()).collect()
+    } else {
+        // retrain.py samples the test batch at random; a seeded stream keeps it repeatable.
+        let mut rng = ChaCha8Rng::seed_from_u64(options.train.seed ^ 0x7e57);
+        (0..options.test_batch_size as usize).map(|_| rng.gen_range(0..test.len())).collect()
+    };
+    let probs: Vec<Vec<f32>> = indices.iter().map(|&i| head.probabilities(test.row(i))).collect();
+    let truth: Vec<usize> = indices.iter().map(|&i| test.labels[i]).collect();
+    let eval = evaluate(&dataset.classes, &truth, &probs)?;
+    Ok((Some(eval), indices.iter().map(|&i| test_paths[i].clone()).collect()))
+}
+
+/// Default feature-cache folder: `<graft home>/bottlenecks`.
+pub fn default_bottleneck_dir() -> PathBuf {
+    crate::home::graft_home().join("bottlenecks")
+}
+
+/// Checks a path given on the command line exists, naming it otherwise.
+pub fn require_exists(path: &Path, what: &str) -> Result<()> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(Error::invalid_input(path, format!("{what} does not exist")))
+    }
+}
