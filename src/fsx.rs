@@ -27,6 +27,13 @@ pub fn write_atomic_with(
         .tempfile_in(parent)
         .map_err(|e| Error::io(parent, e))?;
     fill(tmp.as_file_mut()).map_err(|e| Error::io(path, e))?;
+    // Temporary files are created owner-only; what graft writes is ordinary output.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let perms = std::fs::Permissions::from_mode(0o644);
+        tmp.as_file().set_permissions(perms).map_err(|e| Error::io(path, e))?;
+    }
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())

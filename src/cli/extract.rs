@@ -7,7 +7,10 @@ use anyhow::Context;
 use graft::backbone::{Backbone, BackboneId};
 use graft::dataset::scan_images;
 use graft::features::file::FeaturesFile;
+use graft::features::cache::FeatureCache;
+use graft::features::cached::cached_features;
 use graft::features::{extract, ExtractOptions};
+use graft::retrain::default_bottleneck_dir;
 
 use super::render::Bar;
 use super::Outcome;
@@ -25,6 +28,12 @@ pub struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Feature cache folder (default: <graft home>/bottlenecks).
+    #[arg(long)]
+    bottleneck_dir: Option<PathBuf>,
+    /// Compute every vector afresh, neither reading nor filling the cache (for timing).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -39,15 +48,31 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     );
     let paths: Vec<PathBuf> = entries.iter().map(|e| e.path.clone()).collect();
     let dim = id.spec().feature_dim;
-    let mut rows: Vec<(usize, Vec<f32>)> = Vec::with_capacity(paths.len());
     let options = ExtractOptions {
         batch_size: args.batch_size,
         ..ExtractOptions::default()
     };
-    let report = extract(&backbone, &paths, options, &bar, |out| {
-        rows.push((out.index, out.features.to_vec()));
-        Ok(())
-    })?;
+    let (rows, processed, seconds, skipped): (Vec<(usize, Vec<f32>)>, usize, f64, usize) = if args.no_cache {
+        let mut rows = Vec::with_capacity(paths.len());
+        let report = extract(&backbone, &paths, options, &bar, |out| {
+            rows.push((out.index, out.features.to_vec()));
+            Ok(())
+        })?;
+        (rows, report.processed, report.elapsed.as_secs_f64(), report.skipped.len())
+    } else {
+        let cache = FeatureCache::open(&args.bottleneck_dir.clone().unwrap_or_else(default_bottleneck_dir))?;
+        let cached = cached_features(&backbone, &cache, &paths, options, &bar)?;
+        if cached.hits > 0 {
+            eprintln!("{} of {} images came from the feature cache", cached.hits, paths.len());
+        }
+        let rows = cached
+            .features
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.map(|f| (i, f)))
+            .collect();
+        (rows, cached.extracted, cached.extraction_seconds, cached.skipped.len())
+    };
     let file = FeaturesFile {
         backbone: id,
         weights_sha256: backbone.weights_sha256.clone(),
@@ -58,14 +83,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     file.save(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!(
-        "extracted {} images with {} in {:.1}s: {:.2} images/s; wrote {}",
-        report.processed,
+        "extracted {} images with {} in {:.1}s: {:.2} images/s; wrote {} ({} rows)",
+        processed,
         id,
-        report.elapsed.as_secs_f64(),
-        report.images_per_second(),
-        args.output.display()
+        seconds,
+        processed as f64 / seconds.max(1e-9),
+        args.output.display(),
+        file.paths.len()
     );
-    Ok(match report.skipped.len() {
+    Ok(match skipped {
         0 => Outcome::Done,
         n => Outcome::Skipped(n as u64),
     })

@@ -6,10 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod augment;
+mod cache;
+mod evaluate;
 mod extract;
 mod imagenet;
 mod models;
 mod organize;
+mod predict;
 mod render;
 mod stats;
 mod train;
@@ -38,6 +41,13 @@ enum Command {
     Augment(augment::Args),
     /// Train a classifier on top of a frozen backbone (retrain.py's job).
     Train(train::Args),
+    /// Classify images with a trained model; `--format csv` writes a submission file.
+    Predict(predict::Args),
+    /// Measure a trained model on a labelled image set.
+    Evaluate(evaluate::Args),
+    /// Inspect or clear the feature cache.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 /// How a command that ran to its end went.
@@ -62,6 +72,9 @@ pub fn main() -> ExitCode {
         Command::Stats(args) => stats::run(args),
         Command::Augment(args) => augment::run(args),
         Command::Train(args) => train::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
+        Command::Cache(cmd) => cache::run(cmd),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

@@ -41,17 +41,33 @@ pub struct LabelsCsv {
 
 /// Header names recognised for the id and label columns (compared without case).
 const ID_COLUMNS: &[&str] = &[
-    "image_id", "imageid", "image", "id", "filename", "file", "file_name", "image_name", "name",
+    "image_id",
+    "imageid",
+    "image",
+    "id",
+    "filename",
+    "file",
+    "file_name",
+    "image_name",
+    "name",
     "path",
 ];
 const LABEL_COLUMNS: &[&str] = &[
-    "label", "labels", "class", "class_name", "category", "target", "y", "label_name",
+    "label",
+    "labels",
+    "class",
+    "class_name",
+    "category",
+    "target",
+    "y",
+    "label_name",
 ];
 
 /// Reads `image_id,label` rows. UTF-8 with or without a byte-order mark, quoted fields,
-/// CRLF or LF line ends. The first line is a header when it names an id or a label
-/// column (`image_id`, `id`, `filename`, ... / `label`, `class`, `category`, ...); a
-/// header may put those columns anywhere, otherwise the first two columns are used.
+/// CRLF or LF line ends. The first line is a header when one of its fields names an
+/// id or a label column (`image_id`, `id`, `filename`, ... / `label`, `class`,
+/// `category`, ...); a header may put those columns anywhere, otherwise the first two
+/// columns are used.
 /// Fields are trimmed; blank lines are skipped.
 pub fn read_labels_csv(path: &Path) -> Result<LabelsCsv> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -64,10 +80,18 @@ pub fn read_labels_csv(path: &Path) -> Result<LabelsCsv> {
     let mut records = Vec::new();
     for record in reader.byte_records() {
         let record = record.map_err(|e| {
-            let line = e.position().map(|p| p.line()).unwrap_or(0);
-            Error::invalid_input(path, format!("line {line}: not valid CSV ({e}); fix that line"))
+            let line = e.position().map(|p| line_at(body, p.byte())).unwrap_or(0);
+            Error::invalid_input(
+                path,
+                format!("line {line}: not valid CSV ({e}); fix that line"),
+            )
         })?;
-        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        // Counted from the byte offset: csv's own line counter does not count CRLF
+        // line ends the way an editor shows them.
+        let line = record
+            .position()
+            .map(|p| line_at(body, p.byte()))
+            .unwrap_or(0);
         // An all-blank line (such as a trailing ",") is not a row.
         if record.iter().all(|f| f.is_empty()) {
             continue;
@@ -90,15 +114,16 @@ pub fn read_labels_csv(path: &Path) -> Result<LabelsCsv> {
             "has no rows; expected lines of image_id,label",
         ));
     };
-    let is_named = |field: Option<&String>, names: &[&str]| {
-        field.is_some_and(|f| names.iter().any(|n| n.eq_ignore_ascii_case(f)))
-    };
-    let header = is_named(first.first(), ID_COLUMNS) || is_named(first.get(1), LABEL_COLUMNS);
+    let is_named =
+        |field: &str, names: &[&str]| names.iter().any(|n| n.eq_ignore_ascii_case(field));
+    let header = first
+        .iter()
+        .any(|f| is_named(f, ID_COLUMNS) || is_named(f, LABEL_COLUMNS));
     let (id_col, label_col) = if header {
         let find = |names: &[&str], fallback| {
             first
                 .iter()
-                .position(|f| names.iter().any(|n| n.eq_ignore_ascii_case(f)))
+                .position(|f| is_named(f, names))
                 .unwrap_or(fallback)
         };
         (find(ID_COLUMNS, 0), find(LABEL_COLUMNS, 1))
@@ -128,6 +153,19 @@ pub fn read_labels_csv(path: &Path) -> Result<LabelsCsv> {
         header,
         rows,
     })
+}
+
+/// The 1-based line of the record that starts at byte `offset` of `body`. The csv
+/// reader may place a record's start on the line end before it (the `\n` of a CRLF,
+/// or blank lines it skipped), so those are stepped over first.
+fn line_at(body: &[u8], offset: u64) -> u64 {
+    let mut start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(body.len());
+    while matches!(body.get(start), Some(b'\r' | b'\n')) {
+        start += 1;
+    }
+    1 + body[..start].iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 /// Why `name` cannot be a folder or file name inside the output, if it cannot.
@@ -195,7 +233,7 @@ pub struct OrganizePlan {
     pub unlabelled: Vec<PathBuf>,
 }
 
-/// How many problems of one kind are listed before "... and N more".
+/// How many problems are listed before "... and N more".
 const LIST_AT_MOST: usize = 20;
 
 /// Reads the CSV, matches each row to its image, and checks every row; refuses with
@@ -209,7 +247,8 @@ pub fn plan_organize(
     let csv = read_labels_csv(labels_csv)?;
     let by_stem = images_by_stem(images)?;
 
-    let mut problems: Vec<String> = Vec::new();
+    // (line, what is wrong and what to do)
+    let mut problems: Vec<(u64, String)> = Vec::new();
     let mut first_line: HashMap<&str, u64> = HashMap::new();
     let mut jobs = Vec::with_capacity(csv.rows.len());
     let mut missing = Vec::new();
@@ -217,25 +256,34 @@ pub fn plan_organize(
     for row in &csv.rows {
         let mut bad = false;
         if let Some(p) = name_problem("label", &row.label) {
-            problems.push(format!(
-                "line {}: label {:?}: {p}; a label becomes a folder name, so use \
+            problems.push((
+                row.line,
+                format!(
+                    "line {}: label {:?}: {p}; a label becomes a folder name, so use \
                  letters, digits, spaces, '-' or '_'",
-                row.line, row.label
+                    row.line, row.label
+                ),
             ));
             bad = true;
         }
         if let Some(p) = name_problem("image id", &row.image_id) {
-            problems.push(format!(
-                "line {}: image id {:?}: {p}; an id is a file name without its extension",
-                row.line, row.image_id
+            problems.push((
+                row.line,
+                format!(
+                    "line {}: image id {:?}: {p}; an id is a file name without its extension",
+                    row.line, row.image_id
+                ),
             ));
             bad = true;
         }
         if let Some(first) = first_line.get(row.image_id.as_str()) {
-            problems.push(format!(
-                "line {}: image id {:?} is also on line {first}; each image takes one \
+            problems.push((
+                row.line,
+                format!(
+                    "line {}: image id {:?} is also on line {first}; each image takes one \
                  label, so delete one of the two rows",
-                row.line, row.image_id
+                    row.line, row.image_id
+                ),
             ));
             continue;
         }
@@ -243,33 +291,42 @@ pub fn plan_organize(
         if bad {
             continue;
         }
-        let files = by_stem.get(row.image_id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let files = by_stem
+            .get(row.image_id.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let source = match files {
             [] if options.skip_missing => {
                 missing.push(row.clone());
                 continue;
             }
             [] => {
-                problems.push(format!(
-                    "line {}: image id {:?}: no file {}.<ext> in {} ({}); add the \
-                     image, correct the id, or pass --skip-missing to leave the row out",
+                problems.push((
                     row.line,
-                    row.image_id,
-                    row.image_id,
-                    images.display(),
-                    SUPPORTED_EXTENSIONS.join(", "),
+                    format!(
+                        "line {}: image id {:?}: no file {}.<ext> in {} ({}); add the \
+                     image, correct the id, or pass --skip-missing to leave the row out",
+                        row.line,
+                        row.image_id,
+                        row.image_id,
+                        images.display(),
+                        SUPPORTED_EXTENSIONS.join(", "),
+                    ),
                 ));
                 continue;
             }
             [one] => one,
             many => {
                 let names: Vec<String> = many.iter().map(|p| p.display().to_string()).collect();
-                problems.push(format!(
-                    "line {}: image id {:?} matches {} files: {}; keep only one of them",
+                problems.push((
                     row.line,
-                    row.image_id,
-                    many.len(),
-                    names.join(", ")
+                    format!(
+                        "line {}: image id {:?} matches {} files: {}; keep only one of them",
+                        row.line,
+                        row.image_id,
+                        many.len(),
+                        names.join(", ")
+                    ),
                 ));
                 continue;
             }
@@ -343,12 +400,13 @@ pub fn plan_organize(
     })
 }
 
-fn problem_list(problems: &[String]) -> String {
+fn problem_list(problems: &[(u64, String)]) -> String {
+    let rows: HashSet<u64> = problems.iter().map(|(line, _)| *line).collect();
     let mut text = format!(
         "{} row(s) cannot be organized, so nothing was written:",
-        problems.len()
+        rows.len()
     );
-    for p in problems.iter().take(LIST_AT_MOST) {
+    for (_, p) in problems.iter().take(LIST_AT_MOST) {
         let _ = write!(text, "\n  {p}");
     }
     if problems.len() > LIST_AT_MOST {
@@ -371,7 +429,11 @@ fn images_by_stem(images: &Path) -> Result<HashMap<String, Vec<PathBuf>>> {
     for entry in std::fs::read_dir(images).map_err(|e| Error::io(images, e))? {
         let entry = entry.map_err(|e| Error::io(images, e))?;
         let path = entry.path();
-        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        // Follows symbolic links: datasets are often assembled from linked files, and
+        // reading through a link never writes anywhere.
+        let is_file = std::fs::metadata(&path)
+            .map(|m| m.is_file())
+            .unwrap_or(false);
         if !is_file || !is_supported_image(&path) {
             continue;
         }
@@ -511,9 +573,8 @@ fn encode(
     write: impl FnOnce(&mut Cursor<&mut Vec<u8>>) -> ::image::ImageResult<()>,
 ) -> std::result::Result<Vec<u8>, Placed> {
     let mut bytes = Vec::new();
-    write(&mut Cursor::new(&mut bytes)).map_err(|e| {
-        Placed::Skip(format!("cannot encode {}: {e}", target.display()))
-    })?;
+    write(&mut Cursor::new(&mut bytes))
+        .map_err(|e| Placed::Skip(format!("cannot encode {}: {e}", target.display())))?;
     Ok(bytes)
 }
 
@@ -539,10 +600,31 @@ mod tests {
         assert_eq!(
             csv.rows,
             vec![
-                LabelRow { line: 2, image_id: "0001".into(), label: "Milk, whole".into() },
-                LabelRow { line: 3, image_id: "0002".into(), label: "juice".into() },
+                LabelRow {
+                    line: 2,
+                    image_id: "0001".into(),
+                    label: "Milk, whole".into()
+                },
+                LabelRow {
+                    line: 3,
+                    image_id: "0002".into(),
+                    label: "juice".into()
+                },
             ]
         );
+    }
+
+    #[test]
+    fn line_numbers_match_an_editor_with_crlf_and_blank_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = csv_file(dir.path(), b"id,label\r\n\r\na,x\r\n\"b\nc\",y\r\nd,z\r\n");
+        let lines: Vec<u64> = read_labels_csv(&path)
+            .unwrap()
+            .rows
+            .iter()
+            .map(|r| r.line)
+            .collect();
+        assert_eq!(lines, vec![3, 4, 6]);
     }
 
     #[test]
@@ -565,7 +647,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = csv_file(dir.path(), b"image_id,label\n0001,milk\n0002\n");
         let err = read_labels_csv(&path).unwrap_err().to_string();
-        assert!(err.contains("line 3") && err.contains("image_id,label"), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("image_id,label"),
+            "{err}"
+        );
         let path = csv_file(dir.path(), b"image_id,label\n0001,caf\xE9\n");
         let err = read_labels_csv(&path).unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("UTF-8"), "{err}");
@@ -573,7 +658,9 @@ mod tests {
 
     #[test]
     fn names_that_could_escape_the_output_are_refused() {
-        for bad in ["", "a/b", "a\\b", "..", "x..y", "a\0b", "a\tb", "a\u{7f}", ".hidden"] {
+        for bad in [
+            "", "a/b", "a\\b", "..", "x..y", "a\0b", "a\tb", "a\u{7f}", ".hidden",
+        ] {
             assert!(name_problem("label", bad).is_some(), "{bad:?}");
         }
         for good in ["milk", "Granny-Smith", "Oat milk 1L", "ägg", "a.b"] {

@@ -25,10 +25,16 @@ pub struct ClassStats {
     /// The folder or CSV the counts come from.
     pub source: PathBuf,
     pub classes: Vec<ClassCount>,
+    /// Images directly in the root folder: in no class, so not counted (training
+    /// ignores them too).
+    pub unassigned: u64,
 }
 
 impl ClassStats {
-    pub fn new(source: impl Into<PathBuf>, counts: impl IntoIterator<Item = (String, u64)>) -> Self {
+    pub fn new(
+        source: impl Into<PathBuf>,
+        counts: impl IntoIterator<Item = (String, u64)>,
+    ) -> Self {
         let mut classes: Vec<ClassCount> = counts
             .into_iter()
             .map(|(label, count)| ClassCount { label, count })
@@ -37,6 +43,7 @@ impl ClassStats {
         ClassStats {
             source: source.into(),
             classes,
+            unassigned: 0,
         }
     }
 
@@ -70,50 +77,44 @@ impl ClassStats {
 }
 
 /// Counts images per class folder under `root`. A class is a folder that directly
-/// holds images, and its label is the folder's name; where two folders share a name
-/// (`Fruit/Mixed`, `Vegetables/Mixed`), their paths relative to `root` are shown
-/// instead, so no two classes merge.
+/// holds images, and its label is the folder's name, as training reads the tree;
+/// images directly in `root` belong to no class and are only counted in
+/// [`ClassStats::unassigned`]. Where two folders share a name (`Fruit/Mixed`,
+/// `Vegetables/Mixed`), their paths relative to `root` are shown instead, so that
+/// no two classes merge in the table.
 pub fn class_folder_counts(root: &Path) -> Result<ClassStats> {
     let mut per_folder: BTreeMap<String, u64> = BTreeMap::new();
+    let mut unassigned = 0;
     for entry in scan_images(root)? {
-        let folder = match entry.relative.rfind('/') {
-            Some(i) => entry.relative[..i].to_string(),
-            None => String::new(),
-        };
-        *per_folder.entry(folder).or_default() += 1;
+        match entry.relative.rsplit_once('/') {
+            Some((folder, _)) => *per_folder.entry(folder.to_string()).or_default() += 1,
+            None => unassigned += 1,
+        }
     }
     if per_folder.is_empty() {
         return Err(Error::invalid_input(
             root,
-            "holds no images; expected one folder per class with the images inside",
+            "holds no class folders with images; expected one folder per class with the \
+             images inside",
         ));
     }
-    let root_name = root
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| ".".to_string());
-    let name_of = |folder: &str| -> String {
-        if folder.is_empty() {
-            root_name.clone()
-        } else {
-            folder.rsplit('/').next().unwrap_or(folder).to_string()
-        }
-    };
+    let name_of = |folder: &str| folder.rsplit('/').next().unwrap_or(folder).to_string();
     let mut uses: HashMap<String, usize> = HashMap::new();
     for folder in per_folder.keys() {
         *uses.entry(name_of(folder)).or_default() += 1;
     }
     let counts = per_folder.into_iter().map(|(folder, count)| {
         let name = name_of(&folder);
-        let label = if uses.get(&name).copied().unwrap_or(0) > 1 && !folder.is_empty() {
+        let label = if uses.get(&name).copied().unwrap_or(0) > 1 {
             folder
         } else {
             name
         };
         (label, count)
     });
-    Ok(ClassStats::new(root, counts))
+    let mut stats = ClassStats::new(root, counts);
+    stats.unassigned = unassigned;
+    Ok(stats)
 }
 
 /// Counts the label column of a labels CSV (see [`read_labels_csv`] for the format).
@@ -134,7 +135,11 @@ mod tests {
     fn sorted_largest_first_with_shares_ratio_and_small_classes() {
         let stats = ClassStats::new(
             "x",
-            [("b".to_string(), 10), ("a".to_string(), 30), ("c".to_string(), 10)],
+            [
+                ("b".to_string(), 10),
+                ("a".to_string(), 30),
+                ("c".to_string(), 10),
+            ],
         );
         let labels: Vec<_> = stats.classes.iter().map(|c| c.label.as_str()).collect();
         assert_eq!(labels, ["a", "b", "c"]);
@@ -155,6 +160,7 @@ mod tests {
             "Veg/Mixed/d.png",
             "Veg/Leek/e.JPG",
             "Veg/Leek/notes.txt",
+            "loose.jpg",
         ] {
             let path = dir.path().join(p);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -166,13 +172,24 @@ mod tests {
             .iter()
             .map(|c| (c.label.as_str(), c.count))
             .collect();
-        assert_eq!(got, [("Apple", 2), ("Fruit/Mixed", 1), ("Leek", 1), ("Veg/Mixed", 1)]);
+        assert_eq!(
+            got,
+            [
+                ("Apple", 2),
+                ("Fruit/Mixed", 1),
+                ("Leek", 1),
+                ("Veg/Mixed", 1)
+            ]
+        );
+        assert_eq!(stats.unassigned, 1, "loose.jpg is in no class");
     }
 
     #[test]
     fn an_empty_tree_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let err = class_folder_counts(dir.path()).unwrap_err().to_string();
-        assert!(err.contains(&dir.path().display().to_string()) && err.contains("no images"));
+        assert!(
+            err.contains(&dir.path().display().to_string()) && err.contains("no class folders")
+        );
     }
 }

@@ -1,0 +1,88 @@
+//! `graft evaluate BUNDLE (DIR | --labels FILE.csv)`: accuracy, per-class metrics,
+//! confusion matrix and the misclassified images of a labelled set.
+
+use std::path::PathBuf;
+
+use graft::evaluate::{evaluate_bundle, EvaluateOptions};
+use graft::retrain::{default_bottleneck_dir, ImageSource};
+
+use super::render::Bar;
+use super::Outcome;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model folder written by `graft train --output`.
+    bundle: PathBuf,
+    /// Folder with one sub-folder of images per class.
+    #[arg(required_unless_present = "labels")]
+    image_dir: Option<PathBuf>,
+    /// CSV of `path,label` rows instead of class folders.
+    #[arg(long, conflicts_with = "image_dir")]
+    labels: Option<PathBuf>,
+    /// Folder the CSV's paths are relative to (default: the CSV's folder).
+    #[arg(long, requires = "labels")]
+    images: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Where confusion.csv, confusion.png, misclassified.csv and metrics.json go.
+    #[arg(long, default_value = "graft-evaluation")]
+    output_dir: PathBuf,
+    /// Feature cache folder (default: <graft home>/bottlenecks).
+    #[arg(long)]
+    bottleneck_dir: Option<PathBuf>,
+    /// Images per backbone forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let source = match (&args.image_dir, &args.labels) {
+        (_, Some(labels)) => ImageSource::Csv { labels: labels.clone(), images: args.images.clone() },
+        (Some(dir), None) => ImageSource::Folders(dir.clone()),
+        (None, None) => anyhow::bail!("pass an image folder or --labels FILE.csv"),
+    };
+    let bar = Bar::new();
+    let options = EvaluateOptions {
+        bundle: args.bundle.clone(),
+        source,
+        bottleneck_dir: args.bottleneck_dir.clone().unwrap_or_else(default_bottleneck_dir),
+        batch_size: args.batch_size,
+        output_dir: args.output_dir.clone(),
+    };
+    let result = evaluate_bundle(&options, &bar)?;
+    let e = &result.evaluation;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&result.json())?),
+        Format::Text => {
+            println!("{}", e.per_class_table());
+            if !e.misclassified.is_empty() {
+                println!("misclassified ({}), most confident first:", e.misclassified.len());
+                for m in &e.misclassified {
+                    println!(
+                        "  {}  true {}  predicted {} ({:.2})",
+                        result.paths[m.index], e.labels[m.truth], e.labels[m.predicted], m.predicted_probability
+                    );
+                }
+            }
+            println!(
+                "top-1 accuracy {:.2}% ({} of {}), top-{} accuracy {:.2}%; reports in {}",
+                e.top1_accuracy * 100.0,
+                e.correct,
+                e.samples,
+                e.top_k,
+                e.top5_accuracy * 100.0,
+                args.output_dir.display()
+            );
+        }
+    }
+    Ok(match result.skipped.len() {
+        0 => Outcome::Done,
+        n => Outcome::Skipped(n as u64),
+    })
+}

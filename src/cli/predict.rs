@@ -1,0 +1,106 @@
+//! `graft predict BUNDLE PATH...`: label unseen images, top-k with scores.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use graft::features::ExtractOptions;
+use graft::predict::{expand_inputs, Prediction, Predictor};
+
+use super::render::Bar;
+use super::Outcome;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model folder written by `graft train --output`.
+    bundle: PathBuf,
+    /// Image files or folders (walked recursively).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Labels per image.
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    /// `csv` writes the submission format `image_id,label` (plus score columns when
+    /// --top-k > 1).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Write here instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Images per backbone forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+}
+
+fn render(predictions: &[Prediction], format: Format, top_k: usize) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match format {
+        Format::Table => {
+            for p in predictions {
+                let labels: Vec<String> = p.top.iter().map(|s| format!("{} ({:.3})", s.label, s.score)).collect();
+                writeln!(out, "{}\t{}", p.path.display(), labels.join(", "))?;
+            }
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(&mut out);
+            let mut header = vec!["image_id".to_string(), "label".to_string()];
+            if top_k > 1 {
+                header.push("score".into());
+                for k in 2..=top_k {
+                    header.push(format!("label_{k}"));
+                    header.push(format!("score_{k}"));
+                }
+            }
+            w.write_record(&header)?;
+            for p in predictions {
+                let mut row = vec![p.image_id.clone()];
+                for (k, s) in p.top.iter().enumerate() {
+                    row.push(s.label.clone());
+                    if top_k > 1 || k > 0 {
+                        row.push(format!("{:.6}", s.score));
+                    }
+                }
+                w.write_record(&row)?;
+            }
+            w.flush()?;
+        }
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, predictions)?;
+            out.push(b'\n');
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let bar = Bar::new();
+    let predictor = Predictor::load(&args.bundle, &bar)?;
+    let paths = expand_inputs(&args.paths)?;
+    anyhow::ensure!(!paths.is_empty(), "no images found in the given paths");
+    let options = ExtractOptions { batch_size: args.batch_size, ..ExtractOptions::default() };
+    let (mut predictions, skipped) = predictor.predict_paths(&paths, args.top_k, options, &bar)?;
+    if matches!(args.format, Format::Csv) {
+        // Submission rows in a stable order, whatever order the files were given in.
+        predictions.sort_by(|a, b| a.image_id.cmp(&b.image_id).then(a.path.cmp(&b.path)));
+    }
+    let text = render(&predictions, args.format, args.top_k.max(1))?;
+    match &args.output {
+        Some(path) => {
+            graft::fsx::write_atomic(path, &text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {} predictions to {}", predictions.len(), path.display());
+        }
+        None => std::io::stdout().write_all(&text)?,
+    }
+    Ok(match skipped.len() {
+        0 => Outcome::Done,
+        n => Outcome::Skipped(n as u64),
+    })
+}

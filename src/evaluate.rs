@@ -1,0 +1,124 @@
+//! Scoring a trained bundle on a labelled image set, with the reports people look at:
+//! `metrics.json`, `confusion.csv`, `confusion.png` and `misclassified.csv`.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::features::cache::FeatureCache;
+use crate::features::cached::cached_features;
+use crate::features::{ExtractOptions, Skipped};
+use crate::metrics::{evaluate, Evaluation};
+use crate::predict::Predictor;
+use crate::progress::Progress;
+use crate::report::confusion::confusion_png;
+use crate::retrain::ImageSource;
+
+#[derive(Clone, Debug)]
+pub struct EvaluateOptions {
+    pub bundle: PathBuf,
+    pub source: ImageSource,
+    pub bottleneck_dir: PathBuf,
+    pub batch_size: usize,
+    pub output_dir: PathBuf,
+}
+
+pub struct EvaluateResult {
+    pub evaluation: Evaluation,
+    /// Relative path of each evaluated image, index-aligned with the evaluation.
+    pub paths: Vec<String>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl EvaluateResult {
+    /// Everything a script needs, as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        let e = &self.evaluation;
+        serde_json::json!({
+            "samples": e.samples,
+            "top1_accuracy": e.top1_accuracy,
+            "top5_accuracy": e.top5_accuracy,
+            "top_k": e.top_k,
+            "macro_precision": e.macro_precision,
+            "macro_recall": e.macro_recall,
+            "macro_f1": e.macro_f1,
+            "per_class": e.per_class,
+            "confusion": e.confusion,
+            "labels": e.labels,
+            "misclassified": e.misclassified.iter().map(|m| serde_json::json!({
+                "path": self.paths[m.index],
+                "true": e.labels[m.truth],
+                "predicted": e.labels[m.predicted],
+                "score": m.predicted_probability,
+                "true_score": m.true_probability,
+            })).collect::<Vec<_>>(),
+            "skipped": self.skipped.iter().map(|s| serde_json::json!({
+                "path": s.path, "reason": s.reason,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+pub fn evaluate_bundle(options: &EvaluateOptions, progress: &dyn Progress) -> Result<EvaluateResult> {
+    let predictor = Predictor::load(&options.bundle, progress)?;
+    let labels = &predictor.bundle.manifest.labels;
+    let dataset = options.source.load()?;
+    // Map the evaluation set's class names onto the model's label indices.
+    let mut to_model = Vec::with_capacity(dataset.classes.len());
+    let mut unknown = Vec::new();
+    for class in &dataset.classes {
+        match labels.iter().position(|l| l == class) {
+            Some(i) => to_model.push(i),
+            None => {
+                unknown.push(class.clone());
+                to_model.push(usize::MAX);
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(Error::invalid_input(
+            &dataset.root,
+            format!(
+                "classes the model was not trained on: {}; the model knows: {}",
+                unknown.join(", "),
+                labels.join(", ")
+            ),
+        ));
+    }
+    let cache = FeatureCache::open(&options.bottleneck_dir)?;
+    let paths: Vec<PathBuf> = dataset.images.iter().map(|i| i.path.clone()).collect();
+    let extract = ExtractOptions { batch_size: options.batch_size, ..ExtractOptions::default() };
+    let cached = cached_features(&predictor.backbone, &cache, &paths, extract, progress)?;
+    let mut truth = Vec::new();
+    let mut probs = Vec::new();
+    let mut rel_paths = Vec::new();
+    for (image, features) in dataset.images.iter().zip(&cached.features) {
+        if let Some(f) = features {
+            truth.push(to_model[image.label]);
+            probs.push(predictor.probabilities(f));
+            rel_paths.push(image.relative.clone());
+        }
+    }
+    let evaluation = evaluate(labels, &truth, &probs)?;
+    let result = EvaluateResult { evaluation, paths: rel_paths, skipped: cached.skipped };
+
+    let dir = &options.output_dir;
+    let json = serde_json::to_vec_pretty(&result.json()).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::fsx::write_atomic(&dir.join("metrics.json"), &json)?;
+    crate::fsx::write_atomic(&dir.join("confusion.csv"), result.evaluation.confusion_csv().as_bytes())?;
+    confusion_png(&dir.join("confusion.png"), labels, &result.evaluation.confusion)?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let csv_err = |e: csv::Error| Error::Invalid(e.to_string());
+    w.write_record(["path", "true", "predicted", "score"]).map_err(csv_err)?;
+    for m in &result.evaluation.misclassified {
+        w.write_record([
+            result.paths[m.index].as_str(),
+            labels[m.truth].as_str(),
+            labels[m.predicted].as_str(),
+            &format!("{:.4}", m.predicted_probability),
+        ])
+        .map_err(csv_err)?;
+    }
+    let bytes = w.into_inner().map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::fsx::write_atomic(&dir.join("misclassified.csv"), &bytes)?;
+    Ok(result)
+}
