@@ -110,11 +110,16 @@ impl FeatureCache {
     pub fn open(dir: &Path) -> Result<FeatureCache> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join("features.redb");
-        let db = Database::create(&path).map_err(|e| {
-            Error::invalid_input(
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::invalid_input(
                 &path,
-                format!("cannot open the feature cache: {e}; if it is damaged, run `graft cache clear`"),
-            )
+                "the feature cache is in use by another graft process; wait for it to finish, \
+                 or pass --bottleneck-dir to use another cache",
+            ),
+            e => Error::invalid_input(
+                &path,
+                format!("cannot open the feature cache: {e}; if it is damaged, delete the file (or run `graft cache clear`)"),
+            ),
         })?;
         let cache = FeatureCache { db, path };
         // Create the table so that readers never see it missing.
