@@ -407,7 +407,41 @@ fn organize_stats_augment_end_to_end() {
         std::fs::read(balanced.join("Lime/0015_nohash_0.jpg")).unwrap()
     );
 
-    // Next in the seed's pipeline: `graft train balanced/` (a later issue).
+    // Next in the seed's pipeline: `graft train` accepts the balanced folders, and the
+    // augmented copies stay in their original's split (no leak into validation/test).
+    let home = work.join("graft-home");
+    let model = work.join("model");
+    let out = graft_env(
+        &[
+            "train",
+            s(&balanced),
+            "--backbone",
+            "efficientnet-lite0",
+            "--how-many-training-steps",
+            "20",
+            "--output",
+            s(&model),
+            "--bottleneck-dir",
+            s(&work.join("cache")),
+        ],
+        &[("GRAFT_HOME", s(&home))],
+    );
+    assert!(out.status.success(), "train on augmented folders failed: {}", stderr(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["labels"], serde_json::json!(["Asparagus", "Granny-Smith", "Lime"]));
+    let sizes = &manifest["split_sizes"];
+    let total: u64 = ["train", "validation", "test"].iter().map(|k| sizes[k].as_u64().unwrap()).sum();
+    assert_eq!(total, 14 + 12 + 12);
+    for name in after["Asparagus"].iter().chain(&after["Lime"]) {
+        let original = name.split("_nohash_").next().unwrap().trim_end_matches(".jpg");
+        let split = |n: &str| graft::dataset::split::which_split(n, 10.0, 10.0);
+        assert_eq!(
+            split(&format!("Asparagus/{name}")),
+            split(&format!("Asparagus/{original}.jpg")),
+            "{name} must share its original's split"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------

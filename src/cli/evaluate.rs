@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 use graft::evaluate::{evaluate_bundle, EvaluateOptions};
-use graft::retrain::{default_bottleneck_dir, ImageSource};
+use graft::retrain::default_bottleneck_dir;
 
 use super::render::Bar;
+use super::source::SourceArgs;
 use super::Outcome;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -19,15 +20,8 @@ enum Format {
 pub struct Args {
     /// Model folder written by `graft train --output`.
     bundle: PathBuf,
-    /// Folder with one sub-folder of images per class.
-    #[arg(required_unless_present = "labels")]
-    image_dir: Option<PathBuf>,
-    /// CSV of `path,label` rows instead of class folders.
-    #[arg(long, conflicts_with = "image_dir")]
-    labels: Option<PathBuf>,
-    /// Folder the CSV's paths are relative to (default: the CSV's folder).
-    #[arg(long, requires = "labels")]
-    images: Option<PathBuf>,
+    #[command(flatten)]
+    source: SourceArgs,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
     /// Where confusion.csv, confusion.png, misclassified.csv and metrics.json go.
@@ -42,11 +36,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let source = match (&args.image_dir, &args.labels) {
-        (_, Some(labels)) => ImageSource::Csv { labels: labels.clone(), images: args.images.clone() },
-        (Some(dir), None) => ImageSource::Folders(dir.clone()),
-        (None, None) => anyhow::bail!("pass an image folder or --labels FILE.csv"),
-    };
+    let source = args.source.source()?;
     let bar = Bar::new();
     let options = EvaluateOptions {
         bundle: args.bundle.clone(),

@@ -14,6 +14,7 @@ mod models;
 mod organize;
 mod predict;
 mod render;
+mod source;
 mod stats;
 mod train;
 

@@ -6,22 +6,16 @@ use graft::backbone::BackboneId;
 use graft::features::ExtractOptions;
 use graft::head::{Optimizer, TrainConfig, TrainEvent};
 use graft::progress::Progress;
-use graft::retrain::{default_bottleneck_dir, retrain, ImageSource, RetrainEvent, RetrainOptions};
+use graft::retrain::{default_bottleneck_dir, retrain, RetrainEvent, RetrainOptions};
 
 use super::render::Bar;
+use super::source::SourceArgs;
 use super::Outcome;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Folder with one sub-folder of images per class (nested trees work).
-    #[arg(required_unless_present = "labels")]
-    image_dir: Option<PathBuf>,
-    /// CSV of `path,label` rows instead of class folders.
-    #[arg(long, conflicts_with = "image_dir")]
-    labels: Option<PathBuf>,
-    /// Folder the CSV's paths are relative to (default: the CSV's folder).
-    #[arg(long, requires = "labels")]
-    images: Option<PathBuf>,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Backbone network.
     #[arg(long, default_value_t = BackboneId::DEFAULT.name().to_string())]
     backbone: String,
@@ -81,11 +75,7 @@ fn percent(v: f32) -> String {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let source = match (&args.image_dir, &args.labels) {
-        (_, Some(labels)) => ImageSource::Csv { labels: labels.clone(), images: args.images.clone() },
-        (Some(dir), None) => ImageSource::Folders(dir.clone()),
-        (None, None) => anyhow::bail!("pass an image folder or --labels FILE.csv"),
-    };
+    let source = args.source.source()?;
     let intermediate_dir = args.intermediate_output_dir.clone().unwrap_or_else(|| {
         let mut name = args.output.file_name().unwrap_or_default().to_os_string();
         name.push("-intermediate");

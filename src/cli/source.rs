@@ -1,0 +1,28 @@
+//! The labelled-images arguments shared by `train` and `evaluate`.
+
+use std::path::PathBuf;
+
+use graft::retrain::ImageSource;
+
+#[derive(clap::Args)]
+pub struct SourceArgs {
+    /// Folder with one sub-folder of images per class (nested trees work).
+    #[arg(required_unless_present = "labels")]
+    image_dir: Option<PathBuf>,
+    /// CSV of `path,label` rows instead of class folders.
+    #[arg(long, conflicts_with = "image_dir")]
+    labels: Option<PathBuf>,
+    /// Folder the CSV's paths are relative to (default: the CSV's folder).
+    #[arg(long, requires = "labels")]
+    images: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    pub fn source(&self) -> anyhow::Result<ImageSource> {
+        Ok(match (&self.image_dir, &self.labels) {
+            (_, Some(labels)) => ImageSource::Csv { labels: labels.clone(), images: self.images.clone() },
+            (Some(dir), None) => ImageSource::Folders(dir.clone()),
+            (None, None) => anyhow::bail!("pass an image folder or --labels FILE.csv"),
+        })
+    }
+}
