@@ -41,6 +41,13 @@ enum Val {
     Flat(Tensor<2>),
 }
 
+fn clone_val(v: &Val) -> Val {
+    match v {
+        Val::Map(t) => Val::Map(t.clone()),
+        Val::Flat(t) => Val::Flat(t.clone()),
+    }
+}
+
 /// A backbone ready to run on a burn device.
 pub struct BurnNet {
     steps: Vec<Step>,
@@ -178,78 +185,64 @@ impl BurnNet {
     }
 
     /// Images `[batch, 3, H, W]` -> (features `[batch, D]`, logits `[batch, 1000]`).
-    pub fn forward(&self, pixels: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
+    ///
+    /// Errors only if the graph is malformed (a definition bug), never on input values.
+    pub fn forward(&self, pixels: Tensor<4>) -> Result<(Tensor<2>, Tensor<2>)> {
+        let malformed = |what: &str| Error::Engine(format!("malformed graph: {what}"));
         let mut values: Vec<Option<Val>> = (0..self.steps.len()).map(|_| None).collect();
-        let take_map = |values: &mut Vec<Option<Val>>, i: usize, now: usize, last: &[usize]| -> Tensor<4> {
-            let keep = last[i] > now;
-            match (keep, &values[i]) {
-                (true, Some(Val::Map(t))) => t.clone(),
-                (false, Some(Val::Map(_))) => match values[i].take() {
-                    Some(Val::Map(t)) => t,
-                    _ => unreachable!("checked above"),
-                },
-                _ => unreachable!("graph definitions only feed maps to spatial ops"),
+        // A value still read later is cloned (cheap: burn tensors share storage); at its
+        // last use it is moved out, freeing its memory as early as possible.
+        let take_map = |values: &mut Vec<Option<Val>>, i: usize, now: usize| -> Result<Tensor<4>> {
+            let slot = if self.last_use[i] > now { values[i].as_ref().map(clone_val) } else { values[i].take() };
+            match slot {
+                Some(Val::Map(t)) => Ok(t),
+                _ => Err(malformed("a spatial op reads a missing or flat value")),
             }
         };
         let mut pixels = Some(pixels);
         for (now, step) in self.steps.iter().enumerate() {
-            let last = &self.last_use;
             let out = match step {
-                Step::Input => Val::Map(pixels.take().expect("one input step")),
+                Step::Input => Val::Map(pixels.take().ok_or_else(|| malformed("two inputs"))?),
                 Step::Conv { input, weight, bias, options, activation } => {
-                    let x = take_map(&mut values, *input, now, last);
+                    let x = take_map(&mut values, *input, now)?;
                     Val::Map(activate(conv2d(x, weight.clone(), bias.clone(), options.clone()), *activation))
                 }
-                Step::BatchNorm { input, scale, shift } => {
-                    let x = take_map(&mut values, *input, now, last);
+                Step::BatchNorm { input, scale, shift } | Step::ChannelAffine { input, scale, shift } => {
+                    let x = take_map(&mut values, *input, now)?;
                     Val::Map(x * scale.clone() + shift.clone())
                 }
-                Step::Activation { input, activation } => match values[*input].take() {
+                Step::Activation { input, activation } => match values[*input].as_ref().map(clone_val) {
                     Some(Val::Flat(t)) => Val::Flat(activate(t, *activation)),
-                    other => {
-                        values[*input] = other;
-                        Val::Map(activate(take_map(&mut values, *input, now, last), *activation))
-                    }
+                    _ => Val::Map(activate(take_map(&mut values, *input, now)?, *activation)),
                 },
                 Step::Add { a, b } => {
-                    let x = take_map(&mut values, *a, now, last);
-                    let y = take_map(&mut values, *b, now, last);
+                    let x = take_map(&mut values, *a, now)?;
+                    let y = take_map(&mut values, *b, now)?;
                     Val::Map(x + y)
                 }
-                Step::MaxPool { input, options } => {
-                    Val::Map(max_pool2d(take_map(&mut values, *input, now, last), options.clone()))
-                }
-                Step::AvgPool { input, options } => {
-                    Val::Map(avg_pool2d(take_map(&mut values, *input, now, last), options.clone()))
-                }
+                Step::MaxPool { input, options } => Val::Map(max_pool2d(take_map(&mut values, *input, now)?, options.clone())),
+                Step::AvgPool { input, options } => Val::Map(avg_pool2d(take_map(&mut values, *input, now)?, options.clone())),
                 Step::GlobalAvgPool { input } => {
-                    let x = take_map(&mut values, *input, now, last);
+                    let x = take_map(&mut values, *input, now)?;
                     let [n, c, _, _] = x.dims();
                     Val::Flat(x.mean_dim(3).mean_dim(2).reshape([n, c]))
                 }
                 Step::Concat { inputs } => {
-                    let parts = inputs.iter().map(|i| take_map(&mut values, *i, now, last)).collect();
+                    let parts = inputs.iter().map(|i| take_map(&mut values, *i, now)).collect::<Result<Vec<_>>>()?;
                     Val::Map(Tensor::cat(parts, 1))
                 }
-                Step::ChannelAffine { input, scale, shift } => {
-                    let x = take_map(&mut values, *input, now, last);
-                    Val::Map(x * scale.clone() + shift.clone())
-                }
-                Step::Linear { input, weight_t, bias } => {
-                    let x = match &values[*input] {
-                        Some(Val::Flat(t)) => t.clone(),
-                        _ => unreachable!("linear layers follow pooling"),
-                    };
-                    Val::Flat(x.matmul(weight_t.clone()) + bias.clone())
-                }
+                Step::Linear { input, weight_t, bias } => match values[*input].as_ref() {
+                    Some(Val::Flat(t)) => Val::Flat(t.clone().matmul(weight_t.clone()) + bias.clone()),
+                    _ => return Err(malformed("a linear layer reads a spatial value")),
+                },
             };
             values[now] = Some(out);
         }
         let flat = |v: &Option<Val>| match v {
-            Some(Val::Flat(t)) => t.clone(),
-            _ => unreachable!("features and logits are flat"),
+            Some(Val::Flat(t)) => Ok(t.clone()),
+            _ => Err(malformed("features and logits must be flat")),
         };
-        (flat(&values[self.features]), flat(&values[self.logits]))
+        Ok((flat(&values[self.features])?, flat(&values[self.logits])?))
     }
 
     /// Runs `batch` preprocessed images (`[batch, 3, H, W]` row-major) and reads the
@@ -263,7 +256,7 @@ impl BurnNet {
             )));
         }
         let input = Tensor::from_data(BurnData::new(pixels, [batch, c, h, w]), &self.device);
-        let (features, logits) = self.forward(input);
+        let (features, logits) = self.forward(input)?;
         let read = |t: Tensor<2>| -> Result<Vec<f32>> {
             t.into_data().try_to_vec::<f32>().map_err(|e| Error::Engine(format!("{e:?}")))
         };

@@ -5,7 +5,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use ::image::{ImageReader, Limits, RgbImage};
+use ::image::{ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::error::{Error, Result};
 
@@ -73,6 +73,9 @@ pub fn decode_rgb8_bytes(bytes: &[u8], origin: &Path, limits: DecodeLimits) -> R
             limit: limits.max_pixels,
         });
     }
+    if reader_format(bytes) == Some(ImageFormat::Jpeg) {
+        return decode_jpeg_strict(bytes).map_err(decode_err);
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| decode_err(e.to_string()))?;
@@ -82,6 +85,35 @@ pub fn decode_rgb8_bytes(bytes: &[u8], origin: &Path, limits: DecodeLimits) -> R
     reader.limits(lim);
     let decoded = reader.decode().map_err(|e| decode_err(e.to_string()))?;
     Ok(decoded.into_rgb8())
+}
+
+fn reader_format(bytes: &[u8]) -> Option<ImageFormat> {
+    ::image::guess_format(bytes).ok()
+}
+
+/// JPEG goes straight to zune-jpeg (the decoder `image` itself uses) in strict mode: the
+/// `image` crate runs it leniently, so a truncated JPEG quietly decodes with its missing
+/// part painted grey. PIL refuses such a file ("image file is truncated"), and so do we:
+/// a half-grey photo would poison the features without anyone noticing.
+fn decode_jpeg_strict(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let pixels = decoder.decode().map_err(|e| format!("invalid or truncated JPEG: {e:?}"))?;
+    let info = decoder.info().ok_or("JPEG without a frame header")?;
+    let (width, height) = (u32::from(info.width), u32::from(info.height));
+    let rgb = match decoder.output_colorspace() {
+        Some(ColorSpace::RGB) => pixels,
+        Some(ColorSpace::Luma) => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
+        other => return Err(format!("unsupported JPEG colour space {other:?}")),
+    };
+    RgbImage::from_raw(width, height, rgb).ok_or_else(|| "JPEG pixel data has the wrong size".to_string())
 }
 
 #[cfg(test)]
@@ -136,8 +168,23 @@ mod tests {
         let mut jpg = Vec::new();
         img.write_to(&mut Cursor::new(&mut jpg), ::image::ImageFormat::Jpeg)
             .unwrap();
-        jpg.truncate(jpg.len() / 3);
-        // Either a clean error or a (partially grey) image; never a panic.
-        let _ = decode_rgb8_bytes(&jpg, Path::new("t.jpg"), DecodeLimits::default());
+        let whole = decode_rgb8_bytes(&jpg, Path::new("t.jpg"), DecodeLimits::default()).unwrap();
+        assert_eq!(whole.dimensions(), (64, 64));
+        // Headers intact, entropy-coded data cut short.
+        jpg.truncate(jpg.len() * 2 / 3);
+        let err = decode_rgb8_bytes(&jpg, Path::new("t.jpg"), DecodeLimits::default()).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn grey_jpeg_becomes_rgb() {
+        let img = ::image::GrayImage::from_fn(16, 8, |x, _| ::image::Luma([x as u8 * 10]));
+        let mut jpg = Vec::new();
+        img.write_to(&mut Cursor::new(&mut jpg), ::image::ImageFormat::Jpeg)
+            .unwrap();
+        let rgb = decode_rgb8_bytes(&jpg, Path::new("g.jpg"), DecodeLimits::default()).unwrap();
+        assert_eq!(rgb.dimensions(), (16, 8));
+        let p = rgb.get_pixel(5, 3).0;
+        assert!(p[0] == p[1] && p[1] == p[2]);
     }
 }
