@@ -154,6 +154,33 @@ impl Bundle {
         Ok(Bundle { manifest, head })
     }
 
+    /// Checks the manifest against what graft knows of its backbone before anything is
+    /// loaded or fetched: a manifest whose facts contradict its backbone was edited or
+    /// comes from elsewhere.
+    pub fn check_manifest(&self) -> Result<()> {
+        let m = &self.manifest;
+        let spec = m.backbone.spec();
+        let differs = |what: &str, recorded: String, expected: String| {
+            Error::Invalid(format!(
+                "this model's manifest says {} but records {what} {recorded}, while {} has {expected}; \
+                 the manifest was edited or belongs to another model: restore it or retrain",
+                m.backbone, m.backbone
+            ))
+        };
+        if let crate::backbone::WeightsSource::PipWheel { sha256, .. } = spec.weights {
+            if m.weights_sha256 != sha256 {
+                return Err(differs("weights", m.weights_sha256.clone(), format!("the published weights {sha256}")));
+            }
+        }
+        if m.feature_dim != spec.feature_dim {
+            return Err(differs("feature dimension", m.feature_dim.to_string(), spec.feature_dim.to_string()));
+        }
+        if m.preprocess != spec.preprocess {
+            return Err(differs("preprocessing", format!("{:?}", m.preprocess), format!("{:?}", spec.preprocess)));
+        }
+        Ok(())
+    }
+
     /// Refuses a backbone other than the one the head was trained on, saying what differs.
     pub fn check_backbone(&self, backbone: &Backbone) -> Result<()> {
         let m = &self.manifest;

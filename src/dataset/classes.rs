@@ -134,14 +134,10 @@ impl Dataset {
     }
 
     fn new(root: &Path, classes: Vec<String>, images: Vec<LabeledImage>) -> Result<Dataset> {
-        if classes.len() < 2 {
+        if classes.is_empty() {
             return Err(Error::invalid_input(
                 root,
-                format!(
-                    "found {} class(es) with images; a classifier needs at least 2 \
-                     (one sub-folder of images per class)",
-                    classes.len()
-                ),
+                "found no class folder with images; put each class's images in a sub-folder named after the class",
             ));
         }
         Ok(Dataset {
@@ -149,6 +145,23 @@ impl Dataset {
             classes,
             images,
         })
+    }
+
+    /// Training needs at least two classes (evaluating a model on one class's photos
+    /// does not).
+    pub fn require_trainable(&self) -> Result<()> {
+        if self.classes.len() < 2 {
+            return Err(Error::invalid_input(
+                &self.root,
+                format!(
+                    "found {} class with images ('{}'); a classifier needs at least 2 \
+                     (one sub-folder of images per class)",
+                    self.classes.len(),
+                    self.classes.join("")
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Images per class, in class order.
@@ -213,8 +226,9 @@ mod tests {
     fn one_class_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         touch(dir.path(), "Apple/1.jpg");
-        let err = Dataset::from_class_folders(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("at least 2"), "{err}");
+        let ds = Dataset::from_class_folders(dir.path()).unwrap();
+        let err = ds.require_trainable().unwrap_err().to_string();
+        assert!(err.contains("at least 2") && err.contains("Apple"), "{err}");
     }
 
     #[test]

@@ -16,19 +16,31 @@ pub struct ImageEntry {
 }
 
 /// All supported image files under `root` (recursively), sorted by relative path.
-/// Each file is listed once: symbolic links are not followed, so no file is reached twice.
+/// Each file is listed once, even when links make it reachable by several paths.
 pub fn scan_images(root: &Path) -> Result<Vec<ImageEntry>> {
     let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
     if !meta.is_dir() {
         return Err(Error::invalid_input(root, "is not a folder; pass a folder of images"));
     }
     let mut entries = Vec::new();
-    for entry in walkdir::WalkDir::new(root).follow_links(false) {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_path_buf();
-            Error::io(path, e.into())
-        })?;
+    // Datasets are often assembled from linked files and folders: links are followed, and
+    // a file reached twice (through a link, say) is listed once, under its first path.
+    let mut seen = std::collections::HashSet::new();
+    for entry in walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name() {
+        let entry = match entry {
+            Ok(entry) => entry,
+            // A link back to an ancestor folder: its files are listed already.
+            Err(e) if e.loop_ancestor().is_some() => continue,
+            Err(e) => {
+                let path = e.path().unwrap_or(root).to_path_buf();
+                return Err(Error::io(path, e.into()));
+            }
+        };
         if !entry.file_type().is_file() || !is_supported_image(entry.path()) {
+            continue;
+        }
+        let identity = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path().to_path_buf());
+        if !seen.insert(identity) {
             continue;
         }
         entries.push(ImageEntry {
@@ -66,6 +78,22 @@ mod tests {
             .map(|e| e.relative)
             .collect();
         assert_eq!(found, vec!["a.jpeg", "b/a.png", "b/c/y.TIFF", "b/c/z.JPG"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn linked_files_count_once_and_linked_loops_end() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("real")).unwrap();
+        std::fs::write(dir.path().join("real/a.jpg"), b"x").unwrap();
+        std::fs::write(dir.path().join("elsewhere.jpg"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("alias")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("real/loop")).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("outside.jpg"), b"x").unwrap();
+        std::os::unix::fs::symlink(other.path().join("outside.jpg"), dir.path().join("real/linked.jpg")).unwrap();
+        let found: Vec<_> = scan_images(dir.path()).unwrap().into_iter().map(|e| e.relative).collect();
+        assert_eq!(found, vec!["alias/a.jpg", "alias/linked.jpg", "elsewhere.jpg"]);
     }
 
     #[test]

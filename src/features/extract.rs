@@ -112,7 +112,8 @@ pub fn extract(
                     }
                     Err(err) => {
                         let reason = match &err {
-                            Error::Decode { reason, .. } => reason.clone(),
+                            Error::Decode { reason, .. } => reason.trim().to_string(),
+                            Error::Io { source, .. } => source.to_string(),
                             other => other.to_string(),
                         };
                         progress.message(&format!("skipped {}: {reason}", paths[index].display()));
