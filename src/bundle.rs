@@ -68,20 +68,28 @@ impl Bundle {
             .prefix(".graft-bundle-")
             .tempdir_in(&parent)
             .map_err(|e| Error::io(&parent, e))?;
-        let manifest = serde_json::to_vec_pretty(&self.manifest).map_err(|e| Error::Invalid(e.to_string()))?;
+        let manifest =
+            serde_json::to_vec_pretty(&self.manifest).map_err(|e| Error::Invalid(e.to_string()))?;
         crate::fsx::write_atomic(&staging.path().join(MANIFEST), &manifest)?;
         let weight = f32_bytes(&self.head.weight);
         let bias = f32_bytes(&self.head.bias);
         let tensors = [
-            ("weight", TensorView::new(Dtype::F32, vec![self.head.dim, self.head.classes], &weight)),
-            ("bias", TensorView::new(Dtype::F32, vec![self.head.classes], &bias)),
+            (
+                "weight",
+                TensorView::new(Dtype::F32, vec![self.head.dim, self.head.classes], &weight),
+            ),
+            (
+                "bias",
+                TensorView::new(Dtype::F32, vec![self.head.classes], &bias),
+            ),
         ];
         let tensors: Vec<(&str, TensorView)> = tensors
             .into_iter()
             .map(|(n, t)| t.map(|t| (n, t)).map_err(|e| Error::Invalid(e.to_string())))
             .collect::<Result<_>>()?;
         let meta = HashMap::from([("format".to_string(), "graft-head/1".to_string())]);
-        let head = safetensors::serialize(tensors, &Some(meta)).map_err(|e| Error::Invalid(e.to_string()))?;
+        let head = safetensors::serialize(tensors, &Some(meta))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         crate::fsx::write_atomic(&staging.path().join(HEAD), &head)?;
         let mut labels = self.manifest.labels.join("\n");
         labels.push('\n');
@@ -92,7 +100,9 @@ impl Bundle {
         if dir.exists() {
             let old = parent.join(format!(
                 ".graft-old-{}-{}",
-                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 std::process::id()
             ));
             std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
@@ -106,12 +116,16 @@ impl Bundle {
 
     pub fn load(dir: &Path) -> Result<Bundle> {
         let not_bundle = |reason: String| {
-            Error::invalid_input(dir, format!("{reason}; expected a model folder written by `graft train --output`"))
+            Error::invalid_input(
+                dir,
+                format!("{reason}; expected a model folder written by `graft train --output`"),
+            )
         };
         let manifest_path = dir.join(MANIFEST);
-        let text = std::fs::read(&manifest_path).map_err(|e| not_bundle(format!("cannot read {MANIFEST}: {e}")))?;
-        let manifest: Manifest =
-            serde_json::from_slice(&text).map_err(|e| not_bundle(format!("{MANIFEST} is invalid: {e}")))?;
+        let text = std::fs::read(&manifest_path)
+            .map_err(|e| not_bundle(format!("cannot read {MANIFEST}: {e}")))?;
+        let manifest: Manifest = serde_json::from_slice(&text)
+            .map_err(|e| not_bundle(format!("{MANIFEST} is invalid: {e}")))?;
         if manifest.format_version != FORMAT_VERSION {
             return Err(not_bundle(format!(
                 "bundle format version {} is not supported (this graft reads version {FORMAT_VERSION})",
@@ -120,8 +134,12 @@ impl Bundle {
         }
         let head_path = dir.join(HEAD);
         let bytes = std::fs::read(&head_path).map_err(|e| Error::io(&head_path, e))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::invalid_input(&head_path, format!("corrupt head weights: {e}; retrain the model")))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            Error::invalid_input(
+                &head_path,
+                format!("corrupt head weights: {e}; retrain the model"),
+            )
+        })?;
         let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
             let t = st
                 .tensor(name)
@@ -141,7 +159,8 @@ impl Bundle {
             weight,
             bias,
         };
-        head.check().map_err(|e| Error::invalid_input(&head_path, e.to_string()))?;
+        head.check()
+            .map_err(|e| Error::invalid_input(&head_path, e.to_string()))?;
         if head.classes != manifest.labels.len() || head.dim != manifest.feature_dim {
             return Err(not_bundle(format!(
                 "head is {}x{} but the manifest lists {} labels and feature dim {}",
@@ -169,14 +188,26 @@ impl Bundle {
         };
         if let crate::backbone::WeightsSource::PipWheel { sha256, .. } = spec.weights {
             if m.weights_sha256 != sha256 {
-                return Err(differs("weights", m.weights_sha256.clone(), format!("the published weights {sha256}")));
+                return Err(differs(
+                    "weights",
+                    m.weights_sha256.clone(),
+                    format!("the published weights {sha256}"),
+                ));
             }
         }
         if m.feature_dim != spec.feature_dim {
-            return Err(differs("feature dimension", m.feature_dim.to_string(), spec.feature_dim.to_string()));
+            return Err(differs(
+                "feature dimension",
+                m.feature_dim.to_string(),
+                spec.feature_dim.to_string(),
+            ));
         }
         if m.preprocess != spec.preprocess {
-            return Err(differs("preprocessing", format!("{:?}", m.preprocess), format!("{:?}", spec.preprocess)));
+            return Err(differs(
+                "preprocessing",
+                format!("{:?}", m.preprocess),
+                format!("{:?}", spec.preprocess),
+            ));
         }
         Ok(())
     }
@@ -225,10 +256,19 @@ mod tests {
                 feature_dim: 2,
                 labels: vec!["a".into(), "b".into(), "c".into()],
                 training: serde_json::json!({"steps": 3}),
-                split_sizes: SplitSizes { train: 1, validation: 2, test: 3 },
+                split_sizes: SplitSizes {
+                    train: 1,
+                    validation: 2,
+                    test: 3,
+                },
                 metrics: serde_json::Map::new(),
             },
-            head: HeadWeights { dim: 2, classes: 3, weight: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], bias: vec![0.0, 0.5, -1.0] },
+            head: HeadWeights {
+                dim: 2,
+                classes: 3,
+                weight: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+                bias: vec![0.0, 0.5, -1.0],
+            },
         }
     }
 
@@ -242,9 +282,15 @@ mod tests {
         let loaded = Bundle::load(&target).unwrap();
         assert_eq!(loaded.manifest, b.manifest);
         assert_eq!(loaded.head, b.head);
-        assert_eq!(std::fs::read_to_string(target.join("labels.txt")).unwrap(), "a\nb\nc\n");
+        assert_eq!(
+            std::fs::read_to_string(target.join("labels.txt")).unwrap(),
+            "a\nb\nc\n"
+        );
         // Only the bundle is left beside it.
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec!["model"]);
     }
 

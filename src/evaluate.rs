@@ -1,5 +1,5 @@
 //! Scoring a trained bundle on a labelled image set, with the reports people look at:
-//! `metrics.json`, `confusion.csv`, `confusion.png` and `misclassified.csv`.
+//! `metrics.json`, `confusion.csv`, `confusion.png`, `misclassified.csv` and `report.html`.
 
 use std::path::PathBuf;
 
@@ -20,6 +20,8 @@ pub struct EvaluateOptions {
     pub bottleneck_dir: PathBuf,
     pub batch_size: usize,
     pub output_dir: PathBuf,
+    /// Where the HTML report goes (default: `<output_dir>/report.html`).
+    pub report: Option<PathBuf>,
 }
 
 pub struct EvaluateResult {
@@ -58,7 +60,11 @@ impl EvaluateResult {
     }
 }
 
-pub fn evaluate_bundle(options: &EvaluateOptions, progress: &dyn Progress) -> Result<EvaluateResult> {
+pub fn evaluate_bundle(
+    options: &EvaluateOptions,
+    progress: &dyn Progress,
+) -> Result<EvaluateResult> {
+    let started = std::time::Instant::now();
     let predictor = Predictor::load(&options.bundle, progress)?;
     let labels = &predictor.bundle.manifest.labels;
     let dataset = options.source.load()?;
@@ -86,29 +92,47 @@ pub fn evaluate_bundle(options: &EvaluateOptions, progress: &dyn Progress) -> Re
     }
     let cache = FeatureCache::open(&options.bottleneck_dir)?;
     let paths: Vec<PathBuf> = dataset.images.iter().map(|i| i.path.clone()).collect();
-    let extract = ExtractOptions { batch_size: options.batch_size, ..ExtractOptions::default() };
+    let extract = ExtractOptions {
+        batch_size: options.batch_size,
+        ..ExtractOptions::default()
+    };
     let cached = cached_features(&predictor.backbone, &cache, &paths, extract, progress)?;
     let mut truth = Vec::new();
     let mut probs = Vec::new();
     let mut rel_paths = Vec::new();
+    let mut full_paths = Vec::new();
     for (image, features) in dataset.images.iter().zip(&cached.features) {
         if let Some(f) = features {
             truth.push(to_model[image.label]);
             probs.push(predictor.probabilities(f));
             rel_paths.push(image.relative.clone());
+            full_paths.push(image.path.clone());
         }
     }
     let evaluation = evaluate(labels, &truth, &probs)?;
-    let result = EvaluateResult { evaluation, paths: rel_paths, skipped: cached.skipped };
+    let result = EvaluateResult {
+        evaluation,
+        paths: rel_paths,
+        skipped: cached.skipped,
+    };
 
     let dir = &options.output_dir;
-    let json = serde_json::to_vec_pretty(&result.json()).map_err(|e| Error::Invalid(e.to_string()))?;
+    let json =
+        serde_json::to_vec_pretty(&result.json()).map_err(|e| Error::Invalid(e.to_string()))?;
     crate::fsx::write_atomic(&dir.join("metrics.json"), &json)?;
-    crate::fsx::write_atomic(&dir.join("confusion.csv"), result.evaluation.confusion_csv().as_bytes())?;
-    confusion_png(&dir.join("confusion.png"), labels, &result.evaluation.confusion)?;
+    crate::fsx::write_atomic(
+        &dir.join("confusion.csv"),
+        result.evaluation.confusion_csv().as_bytes(),
+    )?;
+    confusion_png(
+        &dir.join("confusion.png"),
+        labels,
+        &result.evaluation.confusion,
+    )?;
     let mut w = csv::Writer::from_writer(Vec::new());
     let csv_err = |e: csv::Error| Error::Invalid(e.to_string());
-    w.write_record(["path", "true", "predicted", "score"]).map_err(csv_err)?;
+    w.write_record(["path", "true", "predicted", "score"])
+        .map_err(csv_err)?;
     for m in &result.evaluation.misclassified {
         w.write_record([
             result.paths[m.index].as_str(),
@@ -120,5 +144,122 @@ pub fn evaluate_bundle(options: &EvaluateOptions, progress: &dyn Progress) -> Re
     }
     let bytes = w.into_inner().map_err(|e| Error::Invalid(e.to_string()))?;
     crate::fsx::write_atomic(&dir.join("misclassified.csv"), &bytes)?;
+    write_html_report(
+        options,
+        &predictor.bundle.manifest,
+        &dataset,
+        &result,
+        &full_paths,
+        started,
+    )?;
     Ok(result)
+}
+
+/// `report.html`: the evaluation with the photos it got wrong, for people who do not
+/// read JSON.
+fn write_html_report(
+    options: &EvaluateOptions,
+    manifest: &crate::bundle::Manifest,
+    dataset: &crate::dataset::classes::Dataset,
+    result: &EvaluateResult,
+    image_paths: &[PathBuf],
+    started: std::time::Instant,
+) -> Result<()> {
+    let e = &result.evaluation;
+    let mut summary = vec![
+        ("model".to_string(), options.bundle.display().to_string()),
+        ("backbone".to_string(), manifest.backbone.name().to_string()),
+        (
+            "classes the model knows".to_string(),
+            manifest.labels.len().to_string(),
+        ),
+        (
+            "evaluated images from".to_string(),
+            dataset.root.display().to_string(),
+        ),
+        ("photos evaluated".to_string(), e.samples.to_string()),
+        (
+            "photos skipped (unreadable)".to_string(),
+            result.skipped.len().to_string(),
+        ),
+        (
+            "top-1 accuracy".to_string(),
+            format!(
+                "{:.2}% ({} of {})",
+                e.top1_accuracy * 100.0,
+                e.correct,
+                e.samples
+            ),
+        ),
+        (
+            format!("top-{} accuracy", e.top_k),
+            format!("{:.2}%", e.top5_accuracy * 100.0),
+        ),
+        (
+            "macro precision / recall / F1".to_string(),
+            format!(
+                "{:.3} / {:.3} / {:.3}",
+                e.macro_precision, e.macro_recall, e.macro_f1
+            ),
+        ),
+    ];
+    let s = &manifest.split_sizes;
+    summary.push((
+        "model trained on (train / validation / test)".to_string(),
+        format!("{} / {} / {} images", s.train, s.validation, s.test),
+    ));
+    for (key, value) in &manifest.metrics {
+        let shown = match value.as_f64() {
+            Some(v) if key.contains("accuracy") => format!("{:.2}%", v * 100.0),
+            _ => value.to_string(),
+        };
+        summary.push((format!("at training: {}", key.replace('_', " ")), shown));
+    }
+    summary.push((
+        "time taken".to_string(),
+        format!("{:.1} s", started.elapsed().as_secs_f64()),
+    ));
+    // Photos evaluated per class: the confusion rows, leaving out classes the set lacks.
+    let class_counts = e
+        .labels
+        .iter()
+        .zip(&e.confusion)
+        .map(|(label, row)| {
+            (
+                label.clone(),
+                row.iter().map(|&c| u64::from(c)).sum::<u64>(),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    // The curves of the model's own training run, when its bundle kept them.
+    let curve_png = std::fs::read(options.bundle.join("training_curves.png")).ok();
+    let report = options
+        .report
+        .clone()
+        .unwrap_or_else(|| options.output_dir.join("report.html"));
+    crate::report::html::write_report(
+        &report,
+        &crate::report::html::ReportInput {
+            title: format!(
+                "Evaluation report — {} on {}",
+                crate::report::html::short_name(&options.bundle),
+                crate::report::html::short_name(&dataset.root)
+            ),
+            subtitle: format!(
+                "The model labelled {} photos of {}.",
+                e.samples,
+                dataset.root.display()
+            ),
+            summary,
+            flags: Vec::new(),
+            class_counts,
+            class_counts_caption: "Photos per class in the evaluated set".to_string(),
+            small_class: 0,
+            curve: &[],
+            curve_png,
+            evaluation: Some(e),
+            image_paths,
+        },
+    )
 }

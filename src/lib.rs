@@ -25,8 +25,9 @@ pub mod image;
 pub mod metrics;
 pub mod predict;
 pub mod progress;
-pub mod retrain;
 pub mod report;
+pub mod retrain;
+pub mod serve;
 pub mod summary;
 
 pub use error::{Error, Result};

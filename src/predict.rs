@@ -72,7 +72,10 @@ impl Predictor {
     fn scored(&self, probs: &[f32], k: usize) -> Vec<Scored> {
         top_k(probs, k)
             .into_iter()
-            .map(|(i, score)| Scored { label: self.bundle.manifest.labels[i].clone(), score })
+            .map(|(i, score)| Scored {
+                label: self.bundle.manifest.labels[i].clone(),
+                score,
+            })
             .collect()
     }
 
@@ -90,7 +93,10 @@ impl Predictor {
             let probs = self.probabilities(out.features);
             predictions.push(Prediction {
                 path: path.clone(),
-                image_id: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                image_id: path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 top: self.scored(&probs, k.max(1)),
             });
             Ok(())

@@ -1,6 +1,6 @@
 //! The whole of retrain.py as one library call: dataset -> stable split -> cached
-//! features -> softmax head -> test evaluation -> model bundle (+ TensorBoard summaries
-//! and training curves). The CLI only parses flags and renders the events.
+//! features -> softmax head -> test evaluation -> model bundle (+ TensorBoard summaries,
+//! training curves and `report.html`). The CLI only parses flags and renders the events.
 
 use std::path::{Path, PathBuf};
 
@@ -28,14 +28,19 @@ pub enum ImageSource {
     /// One sub-folder per class.
     Folders(PathBuf),
     /// A CSV of `path,label` rows; paths relative to `images` (default: the CSV's folder).
-    Csv { labels: PathBuf, images: Option<PathBuf> },
+    Csv {
+        labels: PathBuf,
+        images: Option<PathBuf>,
+    },
 }
 
 impl ImageSource {
     pub fn load(&self) -> Result<Dataset> {
         match self {
             ImageSource::Folders(dir) => Dataset::from_class_folders(dir),
-            ImageSource::Csv { labels, images } => Dataset::from_labels_csv(labels, images.as_deref()),
+            ImageSource::Csv { labels, images } => {
+                Dataset::from_labels_csv(labels, images.as_deref())
+            }
         }
     }
 }
@@ -61,7 +66,12 @@ pub struct RetrainOptions {
 /// What the run reports beyond training events.
 pub enum RetrainEvent<'a> {
     Warning(String),
-    Features { hits: usize, extracted: usize, corrupt: usize, seconds: f64 },
+    Features {
+        hits: usize,
+        extracted: usize,
+        corrupt: usize,
+        seconds: f64,
+    },
     Training(&'a TrainEvent),
 }
 
@@ -84,7 +94,9 @@ pub fn retrain(
     progress: &dyn Progress,
     mut on_event: impl FnMut(RetrainEvent<'_>),
 ) -> Result<RetrainOutcome> {
+    let run_started = std::time::Instant::now();
     let dataset = options.source.load()?;
+    dataset.require_trainable()?;
     for warning in dataset.warnings() {
         on_event(RetrainEvent::Warning(warning));
     }
@@ -101,14 +113,27 @@ pub fn retrain(
 
     let dim = backbone.spec().feature_dim;
     let mut splits = [
-        SplitData { dim, ..Default::default() },
-        SplitData { dim, ..Default::default() },
-        SplitData { dim, ..Default::default() },
+        SplitData {
+            dim,
+            ..Default::default()
+        },
+        SplitData {
+            dim,
+            ..Default::default()
+        },
+        SplitData {
+            dim,
+            ..Default::default()
+        },
     ];
     let mut test_paths = Vec::new();
     for (image, features) in dataset.images.iter().zip(&cached.features) {
         let Some(features) = features else { continue };
-        let split = which_split(&image.relative, options.validation_percentage, options.testing_percentage);
+        let split = which_split(
+            &image.relative,
+            options.validation_percentage,
+            options.testing_percentage,
+        );
         let slot = match split {
             Split::Train => 0,
             Split::Validation => 1,
@@ -119,7 +144,10 @@ pub fn retrain(
         };
         splits[slot].push(features, image.label);
     }
-    for (slot, split) in [Split::Train, Split::Validation, Split::Test].into_iter().enumerate() {
+    for (slot, split) in [Split::Train, Split::Validation, Split::Test]
+        .into_iter()
+        .enumerate()
+    {
         let mut present = vec![false; dataset.classes.len()];
         for &l in &splits[slot].labels {
             present[l] = true;
@@ -133,10 +161,17 @@ pub fn retrain(
         }
     }
     let [train, validation, test] = splits;
-    let split_sizes = SplitSizes { train: train.len(), validation: validation.len(), test: test.len() };
+    let split_sizes = SplitSizes {
+        train: train.len(),
+        validation: validation.len(),
+        test: test.len(),
+    };
 
     let mut writers = match &options.summaries_dir {
-        Some(dir) => Some((SummaryWriter::create(&dir.join("train"))?, SummaryWriter::create(&dir.join("validation"))?)),
+        Some(dir) => Some((
+            SummaryWriter::create(&dir.join("train"))?,
+            SummaryWriter::create(&dir.join("validation"))?,
+        )),
         None => None,
     };
     let mut curve = Vec::new();
@@ -174,14 +209,21 @@ pub fn retrain(
         options.intermediate_store_frequency,
         |event, weights| {
             match event {
-                TrainEvent::Evaluation { step, train_accuracy, cross_entropy, validation_accuracy, validation_cross_entropy } => {
+                TrainEvent::Evaluation {
+                    step,
+                    train_accuracy,
+                    cross_entropy,
+                    validation_accuracy,
+                    validation_cross_entropy,
+                } => {
                     if let Some((tw, vw)) = writers.as_mut() {
                         let s = *step as i64;
                         tw.scalar("accuracy", s, *train_accuracy)?;
                         tw.scalar("cross_entropy", s, *cross_entropy)?;
                         tw.histogram("final_training_ops/weights", s, &weights.weight)?;
                         tw.histogram("final_training_ops/biases", s, &weights.bias)?;
-                        if let (Some(a), Some(l)) = (validation_accuracy, validation_cross_entropy) {
+                        if let (Some(a), Some(l)) = (validation_accuracy, validation_cross_entropy)
+                        {
                             vw.scalar("accuracy", s, *a)?;
                             vw.scalar("cross_entropy", s, *l)?;
                         }
@@ -195,7 +237,10 @@ pub fn retrain(
                     });
                 }
                 TrainEvent::Intermediate { step } => {
-                    let bundle = Bundle { manifest: manifest_for(serde_json::Map::new()), head: weights.clone() };
+                    let bundle = Bundle {
+                        manifest: manifest_for(serde_json::Map::new()),
+                        head: weights.clone(),
+                    };
                     bundle.save(&options.intermediate_dir.join(format!("step-{step}")))?;
                 }
             }
@@ -215,18 +260,22 @@ pub fn retrain(
         let (acc, _) = score(&result.head, &validation, &all_validation);
         metrics.insert("validation_accuracy".into(), f64::from(acc).into());
     }
-    let (test_eval, test_paths) = evaluate_test(&result.head, &dataset, &test, test_paths, options)?;
+    let (test_eval, test_paths) =
+        evaluate_test(&result.head, &dataset, &test, test_paths, options)?;
     if let Some(e) = &test_eval {
         metrics.insert("test_accuracy".into(), e.top1_accuracy.into());
         metrics.insert("test_top5_accuracy".into(), e.top5_accuracy.into());
         metrics.insert("test_images".into(), e.samples.into());
     }
-    let bundle = Bundle { manifest: manifest_for(metrics), head: result.head };
+    let bundle = Bundle {
+        manifest: manifest_for(metrics),
+        head: result.head,
+    };
     bundle.save(&options.output)?;
     if !curve.is_empty() {
         training_curves_png(&options.output.join("training_curves.png"), &curve)?;
     }
-    Ok(RetrainOutcome {
+    let outcome = RetrainOutcome {
         bundle,
         dataset,
         split_sizes,
@@ -234,7 +283,133 @@ pub fn retrain(
         test_paths,
         skipped: cached.skipped,
         head_seconds,
-    })
+    };
+    let features = format!(
+        "{} from the cache, {} extracted",
+        cached.hits, cached.extracted
+    );
+    write_html_report(options, &outcome, &curve, features, run_started)?;
+    Ok(outcome)
+}
+
+/// `<output>/report.html`: the run summary, curves and the test split's evaluation.
+fn write_html_report(
+    options: &RetrainOptions,
+    outcome: &RetrainOutcome,
+    curve: &[CurvePoint],
+    features: String,
+    run_started: std::time::Instant,
+) -> Result<()> {
+    let manifest = &outcome.bundle.manifest;
+    let dataset = &outcome.dataset;
+    let s = &outcome.split_sizes;
+    let percent = |key: &str| {
+        manifest
+            .metrics
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .map(|v| format!("{:.2}%", v * 100.0))
+    };
+    let flags: Vec<String> = match &manifest.training {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "--{} {}",
+                    k.replace('_', "-"),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut summary = vec![
+        ("model".to_string(), options.output.display().to_string()),
+        ("backbone".to_string(), manifest.backbone.name().to_string()),
+        (
+            "images from".to_string(),
+            dataset.root.display().to_string(),
+        ),
+        ("classes".to_string(), dataset.classes.len().to_string()),
+        (
+            "images: train / validation / test".to_string(),
+            format!("{} / {} / {}", s.train, s.validation, s.test),
+        ),
+        (
+            "images skipped (unreadable)".to_string(),
+            outcome.skipped.len().to_string(),
+        ),
+        ("features".to_string(), features),
+    ];
+    if let Some(v) = percent("validation_accuracy") {
+        summary.push(("final validation accuracy".to_string(), v));
+    }
+    if let Some(test) = &outcome.test {
+        summary.push((
+            "final test accuracy".to_string(),
+            format!(
+                "{:.2}% ({} of {})",
+                test.top1_accuracy * 100.0,
+                test.correct,
+                test.samples
+            ),
+        ));
+        summary.push((
+            format!("test top-{} accuracy", test.top_k),
+            format!("{:.2}%", test.top5_accuracy * 100.0),
+        ));
+    }
+    summary.push((
+        "head training time".to_string(),
+        format!("{:.1} s", outcome.head_seconds),
+    ));
+    summary.push((
+        "time taken in all".to_string(),
+        format!("{:.1} s", run_started.elapsed().as_secs_f64()),
+    ));
+    let subtitle = match &outcome.test {
+        Some(test) => format!(
+            "A new head on {} features, trained on {} photos of {} classes. The evaluation below is on the test split: {} photos the head never trained on. \
+             Photos taken in one session can fall on both sides of a split, so this can flatter the model; \
+             `graft evaluate` on a separate folder gives the fairer figure.",
+            manifest.backbone.name(), s.train, dataset.classes.len(), test.samples
+        ),
+        None => format!(
+            "A new head on {} features, trained on {} photos of {} classes. There is no test split to evaluate (raise --testing-percentage).",
+            manifest.backbone.name(), s.train, dataset.classes.len()
+        ),
+    };
+    let image_paths: Vec<PathBuf> = outcome
+        .test_paths
+        .iter()
+        .map(|p| dataset.root.join(p))
+        .collect();
+    crate::report::html::write_report(
+        &options.output.join("report.html"),
+        &crate::report::html::ReportInput {
+            title: format!(
+                "Training report — {}",
+                crate::report::html::short_name(&options.output)
+            ),
+            subtitle,
+            summary,
+            flags,
+            class_counts: dataset
+                .classes
+                .iter()
+                .cloned()
+                .zip(dataset.class_counts().into_iter().map(|n| n as u64))
+                .collect(),
+            class_counts_caption: format!("Images per class in {}", dataset.root.display()),
+            small_class: crate::dataset::classes::MIN_IMAGES_PER_CLASS as u64,
+            curve,
+            curve_png: None,
+            evaluation: outcome.test.as_ref(),
+            image_paths: &image_paths,
+        },
+    )
 }
 
 fn evaluate_test(
@@ -252,12 +427,20 @@ fn evaluate_test(
     } else {
         // retrain.py samples the test batch at random; a seeded stream keeps it repeatable.
         let mut rng = ChaCha8Rng::seed_from_u64(options.train.seed ^ 0x7e57);
-        (0..options.test_batch_size as usize).map(|_| rng.gen_range(0..test.len())).collect()
+        (0..options.test_batch_size as usize)
+            .map(|_| rng.gen_range(0..test.len()))
+            .collect()
     };
-    let probs: Vec<Vec<f32>> = indices.iter().map(|&i| head.probabilities(test.row(i))).collect();
+    let probs: Vec<Vec<f32>> = indices
+        .iter()
+        .map(|&i| head.probabilities(test.row(i)))
+        .collect();
     let truth: Vec<usize> = indices.iter().map(|&i| test.labels[i]).collect();
     let eval = evaluate(&dataset.classes, &truth, &probs)?;
-    Ok((Some(eval), indices.iter().map(|&i| test_paths[i].clone()).collect()))
+    Ok((
+        Some(eval),
+        indices.iter().map(|&i| test_paths[i].clone()).collect(),
+    ))
 }
 
 /// Default feature-cache folder: `<graft home>/bottlenecks`.

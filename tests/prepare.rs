@@ -426,15 +426,29 @@ fn organize_stats_augment_end_to_end() {
         ],
         &[("GRAFT_HOME", s(&home))],
     );
-    assert!(out.status.success(), "train on augmented folders failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "train on augmented folders failed: {}",
+        stderr(&out)
+    );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(model.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["labels"], serde_json::json!(["Asparagus", "Granny-Smith", "Lime"]));
+    assert_eq!(
+        manifest["labels"],
+        serde_json::json!(["Asparagus", "Granny-Smith", "Lime"])
+    );
     let sizes = &manifest["split_sizes"];
-    let total: u64 = ["train", "validation", "test"].iter().map(|k| sizes[k].as_u64().unwrap()).sum();
+    let total: u64 = ["train", "validation", "test"]
+        .iter()
+        .map(|k| sizes[k].as_u64().unwrap())
+        .sum();
     assert_eq!(total, 14 + 12 + 12);
     for name in after["Asparagus"].iter().chain(&after["Lime"]) {
-        let original = name.split("_nohash_").next().unwrap().trim_end_matches(".jpg");
+        let original = name
+            .split("_nohash_")
+            .next()
+            .unwrap()
+            .trim_end_matches(".jpg");
         let split = |n: &str| graft::dataset::split::which_split(n, 10.0, 10.0);
         assert_eq!(
             split(&format!("Asparagus/{name}")),

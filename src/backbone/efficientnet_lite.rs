@@ -22,13 +22,62 @@ struct Stage {
 }
 
 const STAGES: [Stage; 7] = [
-    Stage { repeats: 1, kernel: 3, stride: 1, expand: 1, input: 32, output: 16 },
-    Stage { repeats: 2, kernel: 3, stride: 2, expand: 6, input: 16, output: 24 },
-    Stage { repeats: 2, kernel: 5, stride: 2, expand: 6, input: 24, output: 40 },
-    Stage { repeats: 3, kernel: 3, stride: 2, expand: 6, input: 40, output: 80 },
-    Stage { repeats: 3, kernel: 5, stride: 1, expand: 6, input: 80, output: 112 },
-    Stage { repeats: 4, kernel: 5, stride: 2, expand: 6, input: 112, output: 192 },
-    Stage { repeats: 1, kernel: 3, stride: 1, expand: 6, input: 192, output: 320 },
+    Stage {
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand: 1,
+        input: 32,
+        output: 16,
+    },
+    Stage {
+        repeats: 2,
+        kernel: 3,
+        stride: 2,
+        expand: 6,
+        input: 16,
+        output: 24,
+    },
+    Stage {
+        repeats: 2,
+        kernel: 5,
+        stride: 2,
+        expand: 6,
+        input: 24,
+        output: 40,
+    },
+    Stage {
+        repeats: 3,
+        kernel: 3,
+        stride: 2,
+        expand: 6,
+        input: 40,
+        output: 80,
+    },
+    Stage {
+        repeats: 3,
+        kernel: 5,
+        stride: 1,
+        expand: 6,
+        input: 80,
+        output: 112,
+    },
+    Stage {
+        repeats: 4,
+        kernel: 5,
+        stride: 2,
+        expand: 6,
+        input: 112,
+        output: 192,
+    },
+    Stage {
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand: 6,
+        input: 192,
+        output: 320,
+    },
 ];
 
 /// Width and depth multipliers of one variant.
@@ -40,18 +89,30 @@ pub struct LiteConfig {
 }
 
 impl LiteConfig {
-    pub const LITE0: LiteConfig = LiteConfig { width: 1.0, depth: 1.0, image_size: 224 };
-    pub const LITE1: LiteConfig = LiteConfig { width: 1.0, depth: 1.1, image_size: 240 };
-    pub const LITE2: LiteConfig = LiteConfig { width: 1.1, depth: 1.2, image_size: 260 };
+    pub const LITE0: LiteConfig = LiteConfig {
+        width: 1.0,
+        depth: 1.0,
+        image_size: 224,
+    };
+    pub const LITE1: LiteConfig = LiteConfig {
+        width: 1.0,
+        depth: 1.1,
+        image_size: 240,
+    };
+    pub const LITE2: LiteConfig = LiteConfig {
+        width: 1.1,
+        depth: 1.2,
+        image_size: 260,
+    };
 }
 
 /// `round_filters` of the reference: scale by width, round to a multiple of 8, never
 /// more than 10% below the scaled value.
 fn round_filters(filters: usize, width: f64) -> usize {
     let scaled = filters as f64 * width;
-    let mut rounded =
-        (DEPTH_DIVISOR.max(((scaled + DEPTH_DIVISOR / 2.0) / DEPTH_DIVISOR).floor() * DEPTH_DIVISOR))
-            as usize;
+    let mut rounded = (DEPTH_DIVISOR
+        .max(((scaled + DEPTH_DIVISOR / 2.0) / DEPTH_DIVISOR).floor() * DEPTH_DIVISOR))
+        as usize;
     if (rounded as f64) < 0.9 * scaled {
         rounded += DEPTH_DIVISOR as usize;
     }
@@ -73,7 +134,16 @@ fn conv_bn_relu6(
     groups: usize,
     activation: Activation,
 ) -> Value {
-    let y = g.conv(x, conv, out, [kernel; 2], [stride; 2], Padding::Same, groups, false);
+    let y = g.conv(
+        x,
+        conv,
+        out,
+        [kernel; 2],
+        [stride; 2],
+        Padding::Same,
+        groups,
+        false,
+    );
     let y = g.batch_norm(y, bn, BN_EPS);
     g.activation(y, activation)
 }
@@ -83,13 +153,29 @@ pub fn build(config: LiteConfig) -> Graph {
     let size = config.image_size;
     let (mut g, pixels) = GraphBuilder::new(3, size, size);
     let mut x = conv_bn_relu6(
-        &mut g, pixels, "_conv_stem", "_bn0", STEM_CHANNELS, 3, 2, 1, Activation::Relu6,
+        &mut g,
+        pixels,
+        "_conv_stem",
+        "_bn0",
+        STEM_CHANNELS,
+        3,
+        2,
+        1,
+        Activation::Relu6,
     );
     let mut index = 0;
     for (i, stage) in STAGES.iter().enumerate() {
         let fixed = i == 0 || i == STAGES.len() - 1;
-        let repeats = if fixed { stage.repeats } else { round_repeats(stage.repeats, config.depth) };
-        let mut input = if i == 0 { STEM_CHANNELS } else { round_filters(stage.input, config.width) };
+        let repeats = if fixed {
+            stage.repeats
+        } else {
+            round_repeats(stage.repeats, config.depth)
+        };
+        let mut input = if i == 0 {
+            STEM_CHANNELS
+        } else {
+            round_filters(stage.input, config.width)
+        };
         let output = round_filters(stage.output, config.width);
         for r in 0..repeats {
             let stride = if r == 0 { stage.stride } else { 1 };
@@ -98,17 +184,38 @@ pub fn build(config: LiteConfig) -> Graph {
             let mut y = x;
             if stage.expand != 1 {
                 y = conv_bn_relu6(
-                    &mut g, y, &format!("{p}._expand_conv"), &format!("{p}._bn0"),
-                    expanded, 1, 1, 1, Activation::Relu6,
+                    &mut g,
+                    y,
+                    &format!("{p}._expand_conv"),
+                    &format!("{p}._bn0"),
+                    expanded,
+                    1,
+                    1,
+                    1,
+                    Activation::Relu6,
                 );
             }
             y = conv_bn_relu6(
-                &mut g, y, &format!("{p}._depthwise_conv"), &format!("{p}._bn1"),
-                expanded, stage.kernel, stride, expanded, Activation::Relu6,
+                &mut g,
+                y,
+                &format!("{p}._depthwise_conv"),
+                &format!("{p}._bn1"),
+                expanded,
+                stage.kernel,
+                stride,
+                expanded,
+                Activation::Relu6,
             );
             y = conv_bn_relu6(
-                &mut g, y, &format!("{p}._project_conv"), &format!("{p}._bn2"),
-                output, 1, 1, 1, Activation::None,
+                &mut g,
+                y,
+                &format!("{p}._project_conv"),
+                &format!("{p}._bn2"),
+                output,
+                1,
+                1,
+                1,
+                Activation::None,
             );
             if stride == 1 && input == output {
                 y = g.add(y, x);
@@ -119,7 +226,15 @@ pub fn build(config: LiteConfig) -> Graph {
         }
     }
     let x = conv_bn_relu6(
-        &mut g, x, "_conv_head", "_bn1", HEAD_CHANNELS, 1, 1, 1, Activation::Relu6,
+        &mut g,
+        x,
+        "_conv_head",
+        "_bn1",
+        HEAD_CHANNELS,
+        1,
+        1,
+        1,
+        Activation::Relu6,
     );
     let features = g.global_avg_pool(x);
     let logits = g.linear(features, "_fc", 1000);
@@ -147,10 +262,15 @@ mod tests {
         let graph = build(LiteConfig::LITE0);
         let params = graph.parameters();
         // 16 blocks for Lite0; the last block is `_blocks.15`.
-        assert!(params.iter().any(|p| p.key == "_blocks.15._project_conv.weight"));
+        assert!(params
+            .iter()
+            .any(|p| p.key == "_blocks.15._project_conv.weight"));
         assert!(!params.iter().any(|p| p.key.starts_with("_blocks.16.")));
         assert_eq!(graph.shape(graph.features), &Shape::Flat { len: 1280 });
-        let head = params.iter().find(|p| p.key == "_conv_head.weight").unwrap();
+        let head = params
+            .iter()
+            .find(|p| p.key == "_conv_head.weight")
+            .unwrap();
         assert_eq!(head.shape, vec![1280, 320, 1, 1]);
     }
 }

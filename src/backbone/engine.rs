@@ -26,14 +26,38 @@ enum Step {
         scale: Tensor<4>,
         shift: Tensor<4>,
     },
-    Activation { input: usize, activation: Activation },
-    Add { a: usize, b: usize },
-    MaxPool { input: usize, options: MaxPoolOptions<2> },
-    AvgPool { input: usize, options: AvgPoolOptions<2> },
-    GlobalAvgPool { input: usize },
-    Concat { inputs: Vec<usize> },
-    ChannelAffine { input: usize, scale: Tensor<4>, shift: Tensor<4> },
-    Linear { input: usize, weight_t: Tensor<2>, bias: Tensor<2> },
+    Activation {
+        input: usize,
+        activation: Activation,
+    },
+    Add {
+        a: usize,
+        b: usize,
+    },
+    MaxPool {
+        input: usize,
+        options: MaxPoolOptions<2>,
+    },
+    AvgPool {
+        input: usize,
+        options: AvgPoolOptions<2>,
+    },
+    GlobalAvgPool {
+        input: usize,
+    },
+    Concat {
+        inputs: Vec<usize>,
+    },
+    ChannelAffine {
+        input: usize,
+        scale: Tensor<4>,
+        shift: Tensor<4>,
+    },
+    Linear {
+        input: usize,
+        weight_t: Tensor<2>,
+        bias: Tensor<2>,
+    },
 }
 
 enum Val {
@@ -67,7 +91,12 @@ pub struct Outputs {
     pub logits: Vec<f32>,
 }
 
-fn tensor<const D: usize>(tensors: &TensorMap, key: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
+fn tensor<const D: usize>(
+    tensors: &TensorMap,
+    key: &str,
+    shape: [usize; D],
+    device: &Device,
+) -> Result<Tensor<D>> {
     let t = tensors
         .get(key)
         .ok_or_else(|| Error::Invalid(format!("missing weight '{key}'")))?;
@@ -77,7 +106,10 @@ fn tensor<const D: usize>(tensors: &TensorMap, key: &str, shape: [usize; D], dev
             t.data.len()
         )));
     }
-    Ok(Tensor::from_data(BurnData::new(t.data.clone(), shape), device))
+    Ok(Tensor::from_data(
+        BurnData::new(t.data.clone(), shape),
+        device,
+    ))
 }
 
 fn per_channel(values: Vec<f32>, device: &Device) -> Tensor<4> {
@@ -100,7 +132,16 @@ impl BurnNet {
         for node in &graph.nodes {
             let step = match &node.op {
                 Op::Input => Step::Input,
-                Op::Conv { input, key, kernel, stride, padding, groups, bias, activation } => {
+                Op::Conv {
+                    input,
+                    key,
+                    kernel,
+                    stride,
+                    padding,
+                    groups,
+                    bias,
+                    activation,
+                } => {
                     let in_ch = match graph.shape(*input) {
                         Shape::Map { channels, .. } => *channels,
                         Shape::Flat { len } => *len,
@@ -109,8 +150,17 @@ impl BurnNet {
                         Shape::Map { channels, .. } => channels,
                         Shape::Flat { len } => len,
                     };
-                    let weight = tensor(tensors, &format!("{key}.weight"), [out, in_ch / groups, kernel[0], kernel[1]], &device)?;
-                    let bias = if *bias { Some(tensor(tensors, &format!("{key}.bias"), [out], &device)?) } else { None };
+                    let weight = tensor(
+                        tensors,
+                        &format!("{key}.weight"),
+                        [out, in_ch / groups, kernel[0], kernel[1]],
+                        &device,
+                    )?;
+                    let bias = if *bias {
+                        Some(tensor(tensors, &format!("{key}.bias"), [out], &device)?)
+                    } else {
+                        None
+                    };
                     Step::Conv {
                         input: input.0,
                         weight,
@@ -122,20 +172,53 @@ impl BurnNet {
                 Op::BatchNorm { input, key, eps } => {
                     let get = |name: &str| -> Result<Vec<f32>> {
                         let k = format!("{key}.{name}");
-                        tensors.get(&k).map(|t| t.data.clone()).ok_or_else(|| Error::Invalid(format!("missing weight '{k}'")))
+                        tensors
+                            .get(&k)
+                            .map(|t| t.data.clone())
+                            .ok_or_else(|| Error::Invalid(format!("missing weight '{k}'")))
                     };
-                    let (gamma, beta, mean, var) = (get("weight")?, get("bias")?, get("running_mean")?, get("running_var")?);
-                    let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect();
-                    let shift: Vec<f32> = beta.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
-                    Step::BatchNorm { input: input.0, scale: per_channel(scale, &device), shift: per_channel(shift, &device) }
+                    let (gamma, beta, mean, var) = (
+                        get("weight")?,
+                        get("bias")?,
+                        get("running_mean")?,
+                        get("running_var")?,
+                    );
+                    let scale: Vec<f32> = gamma
+                        .iter()
+                        .zip(&var)
+                        .map(|(g, v)| g / (v + eps).sqrt())
+                        .collect();
+                    let shift: Vec<f32> = beta
+                        .iter()
+                        .zip(&mean)
+                        .zip(&scale)
+                        .map(|((b, m), s)| b - m * s)
+                        .collect();
+                    Step::BatchNorm {
+                        input: input.0,
+                        scale: per_channel(scale, &device),
+                        shift: per_channel(shift, &device),
+                    }
                 }
-                Op::Activation { input, activation } => Step::Activation { input: input.0, activation: *activation },
+                Op::Activation { input, activation } => Step::Activation {
+                    input: input.0,
+                    activation: *activation,
+                },
                 Op::Add { a, b } => Step::Add { a: a.0, b: b.0 },
-                Op::MaxPool { input, kernel, stride } => Step::MaxPool {
+                Op::MaxPool {
+                    input,
+                    kernel,
+                    stride,
+                } => Step::MaxPool {
                     input: input.0,
                     options: MaxPoolOptions::new(*kernel).with_stride(*stride),
                 },
-                Op::AvgPool { input, kernel, stride, padding } => Step::AvgPool {
+                Op::AvgPool {
+                    input,
+                    kernel,
+                    stride,
+                    padding,
+                } => Step::AvgPool {
                     input: input.0,
                     options: AvgPoolOptions::new(*kernel)
                         .with_stride(*stride)
@@ -143,8 +226,14 @@ impl BurnNet {
                         .with_count_include_pad(true),
                 },
                 Op::GlobalAvgPool { input } => Step::GlobalAvgPool { input: input.0 },
-                Op::Concat { inputs } => Step::Concat { inputs: inputs.iter().map(|v| v.0).collect() },
-                Op::ChannelAffine { input, scale, shift } => Step::ChannelAffine {
+                Op::Concat { inputs } => Step::Concat {
+                    inputs: inputs.iter().map(|v| v.0).collect(),
+                },
+                Op::ChannelAffine {
+                    input,
+                    scale,
+                    shift,
+                } => Step::ChannelAffine {
                     input: input.0,
                     scale: per_channel(scale.clone(), &device),
                     shift: per_channel(shift.clone(), &device),
@@ -158,15 +247,24 @@ impl BurnNet {
                         Shape::Flat { len } => len,
                         Shape::Map { channels, .. } => channels,
                     };
-                    let weight: Tensor<2> = tensor(tensors, &format!("{key}.weight"), [out, in_len], &device)?;
+                    let weight: Tensor<2> =
+                        tensor(tensors, &format!("{key}.weight"), [out, in_len], &device)?;
                     let bias: Tensor<1> = tensor(tensors, &format!("{key}.bias"), [out], &device)?;
-                    Step::Linear { input: input.0, weight_t: weight.transpose(), bias: bias.reshape([1, out]) }
+                    Step::Linear {
+                        input: input.0,
+                        weight_t: weight.transpose(),
+                        bias: bias.reshape([1, out]),
+                    }
                 }
             };
             steps.push(step);
         }
         let input = match graph.input_shape() {
-            Shape::Map { channels, height, width } => [*channels, *height, *width],
+            Shape::Map {
+                channels,
+                height,
+                width,
+            } => [*channels, *height, *width],
             Shape::Flat { len } => [*len, 1, 1],
         };
         Ok(BurnNet {
@@ -193,7 +291,11 @@ impl BurnNet {
         // A value still read later is cloned (cheap: burn tensors share storage); at its
         // last use it is moved out, freeing its memory as early as possible.
         let take_map = |values: &mut Vec<Option<Val>>, i: usize, now: usize| -> Result<Tensor<4>> {
-            let slot = if self.last_use[i] > now { values[i].as_ref().map(clone_val) } else { values[i].take() };
+            let slot = if self.last_use[i] > now {
+                values[i].as_ref().map(clone_val)
+            } else {
+                values[i].take()
+            };
             match slot {
                 Some(Val::Map(t)) => Ok(t),
                 _ => Err(malformed("a spatial op reads a missing or flat value")),
@@ -203,36 +305,71 @@ impl BurnNet {
         for (now, step) in self.steps.iter().enumerate() {
             let out = match step {
                 Step::Input => Val::Map(pixels.take().ok_or_else(|| malformed("two inputs"))?),
-                Step::Conv { input, weight, bias, options, activation } => {
+                Step::Conv {
+                    input,
+                    weight,
+                    bias,
+                    options,
+                    activation,
+                } => {
                     let x = take_map(&mut values, *input, now)?;
-                    Val::Map(activate(conv2d(x, weight.clone(), bias.clone(), options.clone()), *activation))
+                    Val::Map(activate(
+                        conv2d(x, weight.clone(), bias.clone(), options.clone()),
+                        *activation,
+                    ))
                 }
-                Step::BatchNorm { input, scale, shift } | Step::ChannelAffine { input, scale, shift } => {
+                Step::BatchNorm {
+                    input,
+                    scale,
+                    shift,
+                }
+                | Step::ChannelAffine {
+                    input,
+                    scale,
+                    shift,
+                } => {
                     let x = take_map(&mut values, *input, now)?;
                     Val::Map(x * scale.clone() + shift.clone())
                 }
-                Step::Activation { input, activation } => match values[*input].as_ref().map(clone_val) {
-                    Some(Val::Flat(t)) => Val::Flat(activate(t, *activation)),
-                    _ => Val::Map(activate(take_map(&mut values, *input, now)?, *activation)),
-                },
+                Step::Activation { input, activation } => {
+                    match values[*input].as_ref().map(clone_val) {
+                        Some(Val::Flat(t)) => Val::Flat(activate(t, *activation)),
+                        _ => Val::Map(activate(take_map(&mut values, *input, now)?, *activation)),
+                    }
+                }
                 Step::Add { a, b } => {
                     let x = take_map(&mut values, *a, now)?;
                     let y = take_map(&mut values, *b, now)?;
                     Val::Map(x + y)
                 }
-                Step::MaxPool { input, options } => Val::Map(max_pool2d(take_map(&mut values, *input, now)?, options.clone())),
-                Step::AvgPool { input, options } => Val::Map(avg_pool2d(take_map(&mut values, *input, now)?, options.clone())),
+                Step::MaxPool { input, options } => Val::Map(max_pool2d(
+                    take_map(&mut values, *input, now)?,
+                    options.clone(),
+                )),
+                Step::AvgPool { input, options } => Val::Map(avg_pool2d(
+                    take_map(&mut values, *input, now)?,
+                    options.clone(),
+                )),
                 Step::GlobalAvgPool { input } => {
                     let x = take_map(&mut values, *input, now)?;
                     let [n, c, _, _] = x.dims();
                     Val::Flat(x.mean_dim(3).mean_dim(2).reshape([n, c]))
                 }
                 Step::Concat { inputs } => {
-                    let parts = inputs.iter().map(|i| take_map(&mut values, *i, now)).collect::<Result<Vec<_>>>()?;
+                    let parts = inputs
+                        .iter()
+                        .map(|i| take_map(&mut values, *i, now))
+                        .collect::<Result<Vec<_>>>()?;
                     Val::Map(Tensor::cat(parts, 1))
                 }
-                Step::Linear { input, weight_t, bias } => match values[*input].as_ref() {
-                    Some(Val::Flat(t)) => Val::Flat(t.clone().matmul(weight_t.clone()) + bias.clone()),
+                Step::Linear {
+                    input,
+                    weight_t,
+                    bias,
+                } => match values[*input].as_ref() {
+                    Some(Val::Flat(t)) => {
+                        Val::Flat(t.clone().matmul(weight_t.clone()) + bias.clone())
+                    }
                     _ => return Err(malformed("a linear layer reads a spatial value")),
                 },
             };
@@ -258,8 +395,13 @@ impl BurnNet {
         let input = Tensor::from_data(BurnData::new(pixels, [batch, c, h, w]), &self.device);
         let (features, logits) = self.forward(input)?;
         let read = |t: Tensor<2>| -> Result<Vec<f32>> {
-            t.into_data().try_to_vec::<f32>().map_err(|e| Error::Engine(format!("{e:?}")))
+            t.into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| Error::Engine(format!("{e:?}")))
         };
-        Ok(Outputs { features: read(features)?, logits: read(logits)? })
+        Ok(Outputs {
+            features: read(features)?,
+            logits: read(logits)?,
+        })
     }
 }

@@ -38,9 +38,21 @@ pub fn fold_for_inference(graph: &Graph, tensors: &TensorMap) -> Result<(Graph, 
             Op::BatchNorm { input, key, eps } => {
                 let producer = remap[&input.0].0;
                 let foldable = readers[input.0] == 1
-                    && matches!(out_nodes[producer].op, Op::Conv { activation: Activation::None, .. });
+                    && matches!(
+                        out_nodes[producer].op,
+                        Op::Conv {
+                            activation: Activation::None,
+                            ..
+                        }
+                    );
                 if foldable {
-                    fold_into_conv(&mut out_nodes[producer], key, *eps, tensors, &mut out_tensors)?;
+                    fold_into_conv(
+                        &mut out_nodes[producer],
+                        key,
+                        *eps,
+                        tensors,
+                        &mut out_tensors,
+                    )?;
                     remap.insert(i, Value(producer));
                     continue;
                 }
@@ -48,20 +60,40 @@ pub fn fold_for_inference(graph: &Graph, tensors: &TensorMap) -> Result<(Graph, 
                     let k = format!("{key}.{name}");
                     out_tensors.insert(k.clone(), get(tensors, &k)?.clone());
                 }
-                Op::BatchNorm { input: map(&remap, *input), key: key.clone(), eps: *eps }
+                Op::BatchNorm {
+                    input: map(&remap, *input),
+                    key: key.clone(),
+                    eps: *eps,
+                }
             }
             Op::Activation { input, activation } => {
                 let producer = remap[&input.0].0;
                 if readers[input.0] == 1 {
-                    if let Op::Conv { activation: a @ Activation::None, .. } = &mut out_nodes[producer].op {
+                    if let Op::Conv {
+                        activation: a @ Activation::None,
+                        ..
+                    } = &mut out_nodes[producer].op
+                    {
                         *a = *activation;
                         remap.insert(i, Value(producer));
                         continue;
                     }
                 }
-                Op::Activation { input: map(&remap, *input), activation: *activation }
+                Op::Activation {
+                    input: map(&remap, *input),
+                    activation: *activation,
+                }
             }
-            Op::Conv { input, key, kernel, stride, padding, groups, bias, activation } => {
+            Op::Conv {
+                input,
+                key,
+                kernel,
+                stride,
+                padding,
+                groups,
+                bias,
+                activation,
+            } => {
                 let wkey = format!("{key}.weight");
                 out_tensors.insert(wkey.clone(), get(tensors, &wkey)?.clone());
                 if *bias {
@@ -84,11 +116,17 @@ pub fn fold_for_inference(graph: &Graph, tensors: &TensorMap) -> Result<(Graph, 
                     let k = format!("{key}.{name}");
                     out_tensors.insert(k.clone(), get(tensors, &k)?.clone());
                 }
-                Op::Linear { input: map(&remap, *input), key: key.clone() }
+                Op::Linear {
+                    input: map(&remap, *input),
+                    key: key.clone(),
+                }
             }
             other => remap_inputs(other, &remap),
         };
-        out_nodes.push(Node { op: new_op, shape: node.shape.clone() });
+        out_nodes.push(Node {
+            op: new_op,
+            shape: node.shape.clone(),
+        });
         remap.insert(i, Value(out_nodes.len() - 1));
     }
     let graph = Graph {
@@ -104,17 +142,43 @@ fn remap_inputs(op: &Op, remap: &HashMap<usize, Value>) -> Op {
     match op {
         Op::Input => Op::Input,
         Op::Add { a, b } => Op::Add { a: m(a), b: m(b) },
-        Op::MaxPool { input, kernel, stride } => Op::MaxPool { input: m(input), kernel: *kernel, stride: *stride },
-        Op::AvgPool { input, kernel, stride, padding } => {
-            Op::AvgPool { input: m(input), kernel: *kernel, stride: *stride, padding: *padding }
-        }
+        Op::MaxPool {
+            input,
+            kernel,
+            stride,
+        } => Op::MaxPool {
+            input: m(input),
+            kernel: *kernel,
+            stride: *stride,
+        },
+        Op::AvgPool {
+            input,
+            kernel,
+            stride,
+            padding,
+        } => Op::AvgPool {
+            input: m(input),
+            kernel: *kernel,
+            stride: *stride,
+            padding: *padding,
+        },
         Op::GlobalAvgPool { input } => Op::GlobalAvgPool { input: m(input) },
-        Op::Concat { inputs } => Op::Concat { inputs: inputs.iter().map(m).collect() },
-        Op::ChannelAffine { input, scale, shift } => {
-            Op::ChannelAffine { input: m(input), scale: scale.clone(), shift: shift.clone() }
-        }
+        Op::Concat { inputs } => Op::Concat {
+            inputs: inputs.iter().map(m).collect(),
+        },
+        Op::ChannelAffine {
+            input,
+            scale,
+            shift,
+        } => Op::ChannelAffine {
+            input: m(input),
+            scale: scale.clone(),
+            shift: shift.clone(),
+        },
         // Parameterised ops and activations are handled by the caller.
-        Op::Conv { .. } | Op::BatchNorm { .. } | Op::Activation { .. } | Op::Linear { .. } => op.clone(),
+        Op::Conv { .. } | Op::BatchNorm { .. } | Op::Activation { .. } | Op::Linear { .. } => {
+            op.clone()
+        }
     }
 }
 
@@ -139,7 +203,11 @@ fn fold_into_conv(
     let weight = get(tensors, &wkey)?;
     let out = weight.shape[0];
     let per_out = weight.data.len() / out.max(1);
-    let old_bias: Vec<f32> = if *bias { get(tensors, &bkey)?.data.clone() } else { vec![0.0; out] };
+    let old_bias: Vec<f32> = if *bias {
+        get(tensors, &bkey)?.data.clone()
+    } else {
+        vec![0.0; out]
+    };
     let mut w = weight.data.clone();
     let mut b = vec![0f32; out];
     for o in 0..out {
@@ -149,8 +217,20 @@ fn fold_into_conv(
         }
         b[o] = (f64::from(beta[o]) + (f64::from(old_bias[o]) - f64::from(mean[o])) * s) as f32;
     }
-    out_tensors.insert(wkey, TensorData { shape: weight.shape.clone(), data: w });
-    out_tensors.insert(bkey, TensorData { shape: vec![out], data: b });
+    out_tensors.insert(
+        wkey,
+        TensorData {
+            shape: weight.shape.clone(),
+            data: w,
+        },
+    );
+    out_tensors.insert(
+        bkey,
+        TensorData {
+            shape: vec![out],
+            data: b,
+        },
+    );
     *bias = true;
     Ok(())
 }

@@ -53,9 +53,19 @@ pub enum Op {
         activation: Activation,
     },
     /// Inference-mode batch norm with `key.{weight,bias,running_mean,running_var}`.
-    BatchNorm { input: Value, key: String, eps: f32 },
-    Activation { input: Value, activation: Activation },
-    Add { a: Value, b: Value },
+    BatchNorm {
+        input: Value,
+        key: String,
+        eps: f32,
+    },
+    Activation {
+        input: Value,
+        activation: Activation,
+    },
+    Add {
+        a: Value,
+        b: Value,
+    },
     MaxPool {
         input: Value,
         kernel: [usize; 2],
@@ -69,9 +79,13 @@ pub enum Op {
         padding: [usize; 2],
     },
     /// Mean over height and width: `[batch, C, H, W]` -> `[batch, C]`.
-    GlobalAvgPool { input: Value },
+    GlobalAvgPool {
+        input: Value,
+    },
     /// Concatenation along channels.
-    Concat { inputs: Vec<Value> },
+    Concat {
+        inputs: Vec<Value>,
+    },
     /// `x * scale[c] + shift[c]` per channel (torchvision Inception's `transform_input`).
     ChannelAffine {
         input: Value,
@@ -79,14 +93,23 @@ pub enum Op {
         shift: Vec<f32>,
     },
     /// `key.weight` `[out, in]`, `key.bias` `[out]`: `[batch, in]` -> `[batch, out]`.
-    Linear { input: Value, key: String },
+    Linear {
+        input: Value,
+        key: String,
+    },
 }
 
 /// Shape of a value without the batch dimension: `[C, H, W]`, or `[C]` after pooling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Shape {
-    Map { channels: usize, height: usize, width: usize },
-    Flat { len: usize },
+    Map {
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
+    Flat {
+        len: usize,
+    },
 }
 
 impl Shape {
@@ -146,7 +169,10 @@ impl Graph {
                 } => {
                     let in_ch = self.shape(*input).channels();
                     let out = node.shape.channels();
-                    push(format!("{key}.weight"), vec![out, in_ch / groups, kernel[0], kernel[1]]);
+                    push(
+                        format!("{key}.weight"),
+                        vec![out, in_ch / groups, kernel[0], kernel[1]],
+                    );
                     if *bias {
                         push(format!("{key}.bias"), vec![out]);
                     }
@@ -336,7 +362,13 @@ impl GraphBuilder {
         )
     }
 
-    pub fn avg_pool(&mut self, input: Value, kernel: usize, stride: usize, padding: usize) -> Value {
+    pub fn avg_pool(
+        &mut self,
+        input: Value,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Value {
         let (c, h, w) = self.map_shape(input);
         let shape = Shape::Map {
             channels: c,
@@ -463,7 +495,11 @@ mod tests {
                 width: 4
             }
         );
-        let keys: Vec<_> = graph.parameters().into_iter().map(|p| (p.key, p.shape)).collect();
+        let keys: Vec<_> = graph
+            .parameters()
+            .into_iter()
+            .map(|p| (p.key, p.shape))
+            .collect();
         assert_eq!(keys[0], ("c.weight".to_string(), vec![4, 3, 3, 3]));
         assert_eq!(keys.len(), 1 + 4 + 2);
         assert_eq!(keys[5], ("fc.weight".to_string(), vec![10, 4]));

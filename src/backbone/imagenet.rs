@@ -3,8 +3,11 @@
 use std::sync::LazyLock;
 
 /// The 1000 ImageNet class names, index = logit position.
-pub static IMAGENET_CLASSES: LazyLock<Vec<&'static str>> =
-    LazyLock::new(|| include_str!("../../assets/imagenet_classes.txt").lines().collect());
+pub static IMAGENET_CLASSES: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    include_str!("../../assets/imagenet_classes.txt")
+        .lines()
+        .collect()
+});
 
 /// Softmax of `logits`, computed stably.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {

@@ -44,7 +44,15 @@ fn inception_a(g: &mut GraphBuilder, x: Value, m: &str, pool_features: usize) ->
     let b3 = basic(g, b3, &format!("{m}.branch3x3dbl_2"), 96, k(3), 1, [1, 1]);
     let b3 = basic(g, b3, &format!("{m}.branch3x3dbl_3"), 96, k(3), 1, [1, 1]);
     let bp = g.avg_pool(x, 3, 1, 1);
-    let bp = basic(g, bp, &format!("{m}.branch_pool"), pool_features, k(1), 1, [0, 0]);
+    let bp = basic(
+        g,
+        bp,
+        &format!("{m}.branch_pool"),
+        pool_features,
+        k(1),
+        1,
+        [0, 0],
+    );
     g.concat(&[b1, b5, b3, bp])
 }
 
@@ -66,7 +74,15 @@ fn inception_c(g: &mut GraphBuilder, x: Value, m: &str, c7: usize) -> Value {
     let bd = basic(g, bd, &format!("{m}.branch7x7dbl_2"), c7, [7, 1], 1, [3, 0]);
     let bd = basic(g, bd, &format!("{m}.branch7x7dbl_3"), c7, [1, 7], 1, [0, 3]);
     let bd = basic(g, bd, &format!("{m}.branch7x7dbl_4"), c7, [7, 1], 1, [3, 0]);
-    let bd = basic(g, bd, &format!("{m}.branch7x7dbl_5"), 192, [1, 7], 1, [0, 3]);
+    let bd = basic(
+        g,
+        bd,
+        &format!("{m}.branch7x7dbl_5"),
+        192,
+        [1, 7],
+        1,
+        [0, 3],
+    );
     let bp = g.avg_pool(x, 3, 1, 1);
     let bp = basic(g, bp, &format!("{m}.branch_pool"), 192, k(1), 1, [0, 0]);
     g.concat(&[b1, b7, bd, bp])
@@ -90,8 +106,24 @@ fn inception_e(g: &mut GraphBuilder, x: Value, m: &str) -> Value {
     let b3b = basic(g, b3, &format!("{m}.branch3x3_2b"), 384, [3, 1], 1, [1, 0]);
     let bd = basic(g, x, &format!("{m}.branch3x3dbl_1"), 448, k(1), 1, [0, 0]);
     let bd = basic(g, bd, &format!("{m}.branch3x3dbl_2"), 384, k(3), 1, [1, 1]);
-    let bda = basic(g, bd, &format!("{m}.branch3x3dbl_3a"), 384, [1, 3], 1, [0, 1]);
-    let bdb = basic(g, bd, &format!("{m}.branch3x3dbl_3b"), 384, [3, 1], 1, [1, 0]);
+    let bda = basic(
+        g,
+        bd,
+        &format!("{m}.branch3x3dbl_3a"),
+        384,
+        [1, 3],
+        1,
+        [0, 1],
+    );
+    let bdb = basic(
+        g,
+        bd,
+        &format!("{m}.branch3x3dbl_3b"),
+        384,
+        [3, 1],
+        1,
+        [1, 0],
+    );
     let bp = g.avg_pool(x, 3, 1, 1);
     let bp = basic(g, bp, &format!("{m}.branch_pool"), 192, k(1), 1, [0, 0]);
     g.concat(&[b1, b3a, b3b, bda, bdb, bp])
@@ -150,13 +182,19 @@ mod tests {
             .iter()
             .rev()
             .find_map(|n| match n.shape {
-                Shape::Map { channels, height, width } => Some((channels, height, width)),
+                Shape::Map {
+                    channels,
+                    height,
+                    width,
+                } => Some((channels, height, width)),
                 _ => None,
             })
             .unwrap();
         assert_eq!(last_map, (2048, 8, 8));
         let params = graph.parameters();
-        assert!(params.iter().any(|p| p.key == "Mixed_7c.branch3x3dbl_3b.bn.running_var"));
+        assert!(params
+            .iter()
+            .any(|p| p.key == "Mixed_7c.branch3x3dbl_3b.bn.running_var"));
         let fc = params.iter().find(|p| p.key == "fc.weight").unwrap();
         assert_eq!(fc.shape, vec![1000, 2048]);
     }

@@ -62,7 +62,11 @@ impl Backbone {
         origin: &str,
     ) -> Result<Backbone> {
         let graph = graph(id);
-        graph::check_parameters(&graph, |key| tensors.get(key).map(|t| t.shape.clone()), origin)?;
+        graph::check_parameters(
+            &graph,
+            |key| tensors.get(key).map(|t| t.shape.clone()),
+            origin,
+        )?;
         let (folded, folded_tensors) = fold::fold_for_inference(&graph, tensors)?;
         let net = BurnNet::new(&folded, &folded_tensors, Device::flex())?;
         Ok(Backbone {

@@ -37,7 +37,10 @@ pub fn run(cmd: CacheCommand) -> anyhow::Result<Outcome> {
         CacheCommand::Clear { bottleneck_dir } => {
             let cache = FeatureCache::open(&bottleneck_dir.unwrap_or_else(default_bottleneck_dir))?;
             let removed = cache.clear()?;
-            println!("{}: removed {removed} feature vectors", cache.path().display());
+            println!(
+                "{}: removed {removed} feature vectors",
+                cache.path().display()
+            );
         }
     }
     Ok(Outcome::Done)

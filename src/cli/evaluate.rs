@@ -24,14 +24,17 @@ pub struct Args {
     source: SourceArgs,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
-    /// Where confusion.csv, confusion.png, misclassified.csv and metrics.json go.
+    /// Where confusion.csv, confusion.png, misclassified.csv, metrics.json and report.html go.
     #[arg(long, default_value = "graft-evaluation")]
     output_dir: PathBuf,
+    /// Write the HTML report here instead of <output-dir>/report.html.
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// Feature cache folder (default: <graft home>/bottlenecks).
     #[arg(long)]
     bottleneck_dir: Option<PathBuf>,
-    /// Images per backbone forward pass.
-    #[arg(long, default_value_t = 8)]
+    /// Images per backbone forward pass (1 is fastest with the pure-Rust CPU engine, measured).
+    #[arg(long, default_value_t = 1)]
     batch_size: usize,
 }
 
@@ -41,9 +44,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let options = EvaluateOptions {
         bundle: args.bundle.clone(),
         source,
-        bottleneck_dir: args.bottleneck_dir.clone().unwrap_or_else(default_bottleneck_dir),
+        bottleneck_dir: args
+            .bottleneck_dir
+            .clone()
+            .unwrap_or_else(default_bottleneck_dir),
         batch_size: args.batch_size,
         output_dir: args.output_dir.clone(),
+        report: args.report.clone(),
     };
     let result = evaluate_bundle(&options, &bar)?;
     let e = &result.evaluation;
@@ -52,11 +59,17 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         Format::Text => {
             println!("{}", e.per_class_table());
             if !e.misclassified.is_empty() {
-                println!("misclassified ({}), most confident first:", e.misclassified.len());
+                println!(
+                    "misclassified ({}), most confident first:",
+                    e.misclassified.len()
+                );
                 for m in &e.misclassified {
                     println!(
                         "  {}  true {}  predicted {} ({:.2})",
-                        result.paths[m.index], e.labels[m.truth], e.labels[m.predicted], m.predicted_probability
+                        result.paths[m.index],
+                        e.labels[m.truth],
+                        e.labels[m.predicted],
+                        m.predicted_probability
                     );
                 }
             }
@@ -69,6 +82,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 e.top5_accuracy * 100.0,
                 args.output_dir.display()
             );
+            let report = args
+                .report
+                .clone()
+                .unwrap_or_else(|| args.output_dir.join("report.html"));
+            println!("HTML report: {}", report.display());
         }
     }
     Ok(match result.skipped.len() {

@@ -24,13 +24,19 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let id: BackboneId = args.backbone.parse()?;
     let bar = Bar::new();
     let backbone = Backbone::load(id, &bar)?;
-    let report = extract(&backbone, &args.images, ExtractOptions::default(), &graft::progress::Silent, |out| {
-        println!("{}", args.images[out.index].display());
-        for (class, p) in top_k(out.logits, 5) {
-            println!("  {p:>7.4}  {}", IMAGENET_CLASSES[class]);
-        }
-        Ok(())
-    })?;
+    let report = extract(
+        &backbone,
+        &args.images,
+        ExtractOptions::default(),
+        &graft::progress::Silent,
+        |out| {
+            println!("{}", args.images[out.index].display());
+            for (class, p) in top_k(out.logits, 5) {
+                println!("  {p:>7.4}  {}", IMAGENET_CLASSES[class]);
+            }
+            Ok(())
+        },
+    )?;
     for skipped in &report.skipped {
         eprintln!("skipped {}: {}", skipped.path.display(), skipped.reason);
     }

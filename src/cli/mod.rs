@@ -14,12 +14,17 @@ mod models;
 mod organize;
 mod predict;
 mod render;
+mod serve;
 mod source;
 mod stats;
 mod train;
 
 #[derive(Parser)]
-#[command(name = "graft", version, about = "Turn a pretrained ImageNet network into your own image classifier")]
+#[command(
+    name = "graft",
+    version,
+    about = "Turn a pretrained ImageNet network into your own image classifier"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,6 +51,8 @@ enum Command {
     Predict(predict::Args),
     /// Measure a trained model on a labelled image set.
     Evaluate(evaluate::Args),
+    /// Classify images over HTTP: JSON API, metrics and an upload page.
+    Serve(serve::Args),
     /// Inspect or clear the feature cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -75,6 +82,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Cache(cmd) => cache::run(cmd),
     };
     match result {
@@ -84,8 +92,22 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_SKIPPED)
         }
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_text(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the message
+/// already holds (library errors name their cause in their own message).
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text.trim_end().to_string()
 }

@@ -20,7 +20,10 @@ pub struct SourceArgs {
 impl SourceArgs {
     pub fn source(&self) -> anyhow::Result<ImageSource> {
         Ok(match (&self.image_dir, &self.labels) {
-            (_, Some(labels)) => ImageSource::Csv { labels: labels.clone(), images: self.images.clone() },
+            (_, Some(labels)) => ImageSource::Csv {
+                labels: labels.clone(),
+                images: self.images.clone(),
+            },
             (Some(dir), None) => {
                 // Said plainly here: the folder walk would only pass on the OS error.
                 graft::retrain::require_exists(dir, "this image folder")?;

@@ -90,12 +90,18 @@ impl Dataset {
         for (i, record) in reader.records().enumerate() {
             let line = i + 1;
             let record = record.map_err(|e| {
-                Error::invalid_input(csv_path, format!("line {line}: {e}; expected `path,label` rows"))
+                Error::invalid_input(
+                    csv_path,
+                    format!("line {line}: {e}; expected `path,label` rows"),
+                )
             })?;
             if record.len() < 2 {
                 return Err(Error::invalid_input(
                     csv_path,
-                    format!("line {line}: expected `path,label`, found {} field(s)", record.len()),
+                    format!(
+                        "line {line}: expected `path,label`, found {} field(s)",
+                        record.len()
+                    ),
                 ));
             }
             let (path, label) = (record[0].to_string(), record[1].to_string());
@@ -103,7 +109,10 @@ impl Dataset {
                 continue; // header
             }
             if label.is_empty() {
-                return Err(Error::invalid_input(csv_path, format!("line {line}: empty label for '{path}'")));
+                return Err(Error::invalid_input(
+                    csv_path,
+                    format!("line {line}: empty label for '{path}'"),
+                ));
             }
             rows.push((path, label));
         }
@@ -126,7 +135,10 @@ impl Dataset {
             if pair[0].relative == pair[1].relative {
                 return Err(Error::invalid_input(
                     csv_path,
-                    format!("'{}' is listed twice; keep one row per image", pair[0].relative),
+                    format!(
+                        "'{}' is listed twice; keep one row per image",
+                        pair[0].relative
+                    ),
                 ));
             }
         }
@@ -218,7 +230,9 @@ mod tests {
         touch(dir.path(), "a/Apple/1.jpg");
         touch(dir.path(), "b/Apple/1.jpg");
         touch(dir.path(), "c/Pear/1.jpg");
-        let err = Dataset::from_class_folders(dir.path()).unwrap_err().to_string();
+        let err = Dataset::from_class_folders(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("a/Apple") && err.contains("b/Apple"), "{err}");
     }
 
@@ -235,13 +249,19 @@ mod tests {
     fn labels_csv_with_header_and_bom() {
         let dir = tempfile::tempdir().unwrap();
         let csv = dir.path().join("labels.csv");
-        std::fs::write(&csv, "\u{feff}path,label\r\nimg/1.jpg,cat\r\nimg/2.jpg,dog\r\n").unwrap();
+        std::fs::write(
+            &csv,
+            "\u{feff}path,label\r\nimg/1.jpg,cat\r\nimg/2.jpg,dog\r\n",
+        )
+        .unwrap();
         let ds = Dataset::from_labels_csv(&csv, None).unwrap();
         assert_eq!(ds.classes, vec!["cat", "dog"]);
         assert_eq!(ds.images[1].relative, "img/2.jpg");
         assert_eq!(ds.images[1].label, 1);
         std::fs::write(&csv, "img/1.jpg,cat\nimg/1.jpg,dog\n").unwrap();
-        let err = Dataset::from_labels_csv(&csv, None).unwrap_err().to_string();
+        let err = Dataset::from_labels_csv(&csv, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listed twice"), "{err}");
     }
 }

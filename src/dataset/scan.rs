@@ -20,13 +20,19 @@ pub struct ImageEntry {
 pub fn scan_images(root: &Path) -> Result<Vec<ImageEntry>> {
     let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
     if !meta.is_dir() {
-        return Err(Error::invalid_input(root, "is not a folder; pass a folder of images"));
+        return Err(Error::invalid_input(
+            root,
+            "is not a folder; pass a folder of images",
+        ));
     }
     let mut entries = Vec::new();
     // Datasets are often assembled from linked files and folders: links are followed, and
     // a file reached twice (through a link, say) is listed once, under its first path.
     let mut seen = std::collections::HashSet::new();
-    for entry in walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name() {
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
         let entry = match entry {
             Ok(entry) => entry,
             // A link back to an ancestor folder: its files are listed already.
@@ -39,7 +45,8 @@ pub fn scan_images(root: &Path) -> Result<Vec<ImageEntry>> {
         if !entry.file_type().is_file() || !is_supported_image(entry.path()) {
             continue;
         }
-        let identity = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path().to_path_buf());
+        let identity =
+            std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path().to_path_buf());
         if !seen.insert(identity) {
             continue;
         }
@@ -91,9 +98,20 @@ mod tests {
         std::os::unix::fs::symlink(dir.path(), dir.path().join("real/loop")).unwrap();
         let other = tempfile::tempdir().unwrap();
         std::fs::write(other.path().join("outside.jpg"), b"x").unwrap();
-        std::os::unix::fs::symlink(other.path().join("outside.jpg"), dir.path().join("real/linked.jpg")).unwrap();
-        let found: Vec<_> = scan_images(dir.path()).unwrap().into_iter().map(|e| e.relative).collect();
-        assert_eq!(found, vec!["alias/a.jpg", "alias/linked.jpg", "elsewhere.jpg"]);
+        std::os::unix::fs::symlink(
+            other.path().join("outside.jpg"),
+            dir.path().join("real/linked.jpg"),
+        )
+        .unwrap();
+        let found: Vec<_> = scan_images(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.relative)
+            .collect();
+        assert_eq!(
+            found,
+            vec!["alias/a.jpg", "alias/linked.jpg", "elsewhere.jpg"]
+        );
     }
 
     #[test]

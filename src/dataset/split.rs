@@ -82,7 +82,10 @@ mod tests {
     #[test]
     fn key_drops_extension_and_nohash_suffix() {
         assert_eq!(split_key("Banana/Banana_001.jpg"), "Banana/Banana_001");
-        assert_eq!(split_key("Banana/Banana_001_nohash_3.jpg"), "Banana/Banana_001");
+        assert_eq!(
+            split_key("Banana/Banana_001_nohash_3.jpg"),
+            "Banana/Banana_001"
+        );
         assert_eq!(split_key("a/b/.hidden"), "a/b/.hidden");
         assert_eq!(split_key("noext"), "noext");
     }
@@ -109,8 +112,14 @@ mod tests {
                 Split::Test => counts[2] += 1,
             }
         }
-        assert!((counts[1] as f64 / n as f64 - 0.10).abs() < 0.01, "{counts:?}");
-        assert!((counts[2] as f64 / n as f64 - 0.10).abs() < 0.01, "{counts:?}");
+        assert!(
+            (counts[1] as f64 / n as f64 - 0.10).abs() < 0.01,
+            "{counts:?}"
+        );
+        assert!(
+            (counts[2] as f64 / n as f64 - 0.10).abs() < 0.01,
+            "{counts:?}"
+        );
     }
 
     proptest! {

@@ -31,11 +31,18 @@ impl ModelFingerprint {
     pub fn new(backbone: BackboneId, weights_sha256: &str) -> ModelFingerprint {
         let preprocess = serde_json::to_string(&backbone.spec().preprocess).unwrap_or_default();
         let mut h = Sha256::new();
-        for part in ["graft-features/1", backbone.name(), weights_sha256, &preprocess] {
+        for part in [
+            "graft-features/1",
+            backbone.name(),
+            weights_sha256,
+            &preprocess,
+        ] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
-        ModelFingerprint { digest: h.finalize().into() }
+        ModelFingerprint {
+            digest: h.finalize().into(),
+        }
     }
 
     /// The cache key of `variant` (empty for the undistorted image) of the image whose
@@ -168,7 +175,9 @@ impl FeatureCache {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
-            table.insert(key.as_slice(), bytes).map_err(|e| self.err(e))?;
+            table
+                .insert(key.as_slice(), bytes)
+                .map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
     }
@@ -178,7 +187,10 @@ impl FeatureCache {
         let table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
         let entries = table.len().map_err(|e| self.err(e))?;
         let file_bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
-        Ok(CacheStats { entries, file_bytes })
+        Ok(CacheStats {
+            entries,
+            file_bytes,
+        })
     }
 
     /// Removes every entry.

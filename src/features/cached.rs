@@ -47,7 +47,10 @@ pub fn cached_features(
             Ok(h) => h,
             Err(err) => {
                 progress.message(&format!("skipped {}: {err}", paths[i].display()));
-                out.skipped.push(Skipped { path: paths[i].clone(), reason: err.to_string() });
+                out.skipped.push(Skipped {
+                    path: paths[i].clone(),
+                    reason: err.to_string(),
+                });
                 continue;
             }
         };
@@ -70,6 +73,8 @@ pub fn cached_features(
     }
 
     let todo_paths: Vec<PathBuf> = todo.iter().map(|&i| paths[i].clone()).collect();
+    // One durable commit per batch, before the batch is reported done: a kill loses at
+    // most the batch in flight.
     let commit_every = options.batch_size.max(1);
     let mut pending: Vec<([u8; 32], Vec<f32>)> = Vec::with_capacity(commit_every);
     let mut extracted = 0usize;

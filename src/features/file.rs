@@ -43,14 +43,21 @@ impl FeaturesFile {
     }
 
     pub fn load(path: &Path) -> Result<FeaturesFile> {
-        let bad = |reason: String| Error::invalid_input(path, format!("{reason}; is this a file written by `graft extract`?"));
+        let bad = |reason: String| {
+            Error::invalid_input(
+                path,
+                format!("{reason}; is this a file written by `graft extract`?"),
+            )
+        };
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
         let meta = meta.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(bad(format!("not a {FORMAT} file")));
         }
-        let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let tensors =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
         let view = tensors.tensor("features").map_err(|e| bad(e.to_string()))?;
         let shape = view.shape().to_vec();
         if shape.len() != 2 || view.dtype() != Dtype::F32 {
@@ -61,8 +68,13 @@ impl FeaturesFile {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("metadata lacks '{k}'")));
-        let paths: Vec<String> = serde_json::from_str(&field("paths")?).map_err(|e| bad(e.to_string()))?;
+        let field = |k: &str| {
+            meta.get(k)
+                .cloned()
+                .ok_or_else(|| bad(format!("metadata lacks '{k}'")))
+        };
+        let paths: Vec<String> =
+            serde_json::from_str(&field("paths")?).map_err(|e| bad(e.to_string()))?;
         if paths.len() != shape[0] {
             return Err(bad("row count and path count differ".into()));
         }

@@ -80,7 +80,10 @@ impl SoftmaxHead {
 
     pub fn to_weights(&self) -> Result<HeadWeights> {
         let [dim, classes] = self.weight.val().dims();
-        let read = |t: BurnData| t.try_to_vec::<f32>().map_err(|e| Error::Engine(format!("{e:?}")));
+        let read = |t: BurnData| {
+            t.try_to_vec::<f32>()
+                .map_err(|e| Error::Engine(format!("{e:?}")))
+        };
         Ok(HeadWeights {
             dim,
             classes,

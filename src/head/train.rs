@@ -125,7 +125,10 @@ pub fn score(head: &HeadWeights, data: &SplitData, indices: &[usize]) -> (f32, f
         correct += usize::from(best == label);
         loss -= f64::from(probs[label].max(1e-30)).ln();
     }
-    (correct as f32 / indices.len() as f32, (loss / indices.len() as f64) as f32)
+    (
+        correct as f32 / indices.len() as f32,
+        (loss / indices.len() as f64) as f32,
+    )
 }
 
 /// retrain.py's initial weights: truncated normal (stddev 0.001, cut at 2 stddev), zero bias.
@@ -141,7 +144,12 @@ fn initial_weights(rng: &mut ChaCha8Rng, dim: usize, classes: usize) -> HeadWeig
             }
         })
         .collect();
-    HeadWeights { dim, classes, weight, bias: vec![0.0; classes] }
+    HeadWeights {
+        dim,
+        classes,
+        weight,
+        bias: vec![0.0; classes],
+    }
 }
 
 /// Trains a head on `train`, reporting on `validation`, calling `on_event` at each
@@ -162,13 +170,17 @@ pub fn train_head(
         ));
     }
     if config.train_batch_size == 0 || config.steps == 0 {
-        return Err(Error::Invalid("--train-batch-size and --how-many-training-steps must be at least 1".into()));
+        return Err(Error::Invalid(
+            "--train-batch-size and --how-many-training-steps must be at least 1".into(),
+        ));
     }
     let dim = train.dim;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let device = Device::flex().autodiff();
     let mut head = SoftmaxHead::from_weights(&initial_weights(&mut rng, dim, classes), &device);
-    let decay = (config.weight_decay > 0.0).then(|| WeightDecayConfig { penalty: config.weight_decay as f32 });
+    let decay = (config.weight_decay > 0.0).then(|| WeightDecayConfig {
+        penalty: config.weight_decay as f32,
+    });
     let mut optim = match config.optimizer {
         Optimizer::Sgd => SgdConfig::new().with_weight_decay(decay).init(),
         Optimizer::Adam => AdamConfig::new().with_weight_decay(decay).init(),
@@ -203,7 +215,11 @@ pub fn train_head(
             } else if config.validation_batch_size < 0 {
                 all_validation.clone()
             } else {
-                balanced_batch(&mut rng, &validation_by_class, config.validation_batch_size as usize)
+                balanced_batch(
+                    &mut rng,
+                    &validation_by_class,
+                    config.validation_batch_size as usize,
+                )
             };
             let (validation_accuracy, validation_cross_entropy) = if validation_indices.is_empty() {
                 (None, None)
@@ -226,7 +242,10 @@ pub fn train_head(
             on_event(&event, &head.to_weights()?)?;
         }
     }
-    Ok(TrainResult { head: head.to_weights()?, history })
+    Ok(TrainResult {
+        head: head.to_weights()?,
+        history,
+    })
 }
 
 #[cfg(test)]
@@ -236,7 +255,10 @@ mod tests {
     /// Two well-separated Gaussian-ish blobs per class in 4-d.
     fn blobs(n: usize, seed: u64) -> SplitData {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut data = SplitData { dim: 4, ..Default::default() };
+        let mut data = SplitData {
+            dim: 4,
+            ..Default::default()
+        };
         for i in 0..n {
             let label = i % 3;
             let mut f = [0f32; 4];
@@ -281,7 +303,13 @@ mod tests {
         let a = train_head(&config(11), 3, &train, &validation, 0, |_, _| Ok(())).unwrap();
         let b = train_head(&config(11), 3, &train, &validation, 0, |_, _| Ok(())).unwrap();
         let c = train_head(&config(12), 3, &train, &validation, 0, |_, _| Ok(())).unwrap();
-        let bits = |h: &HeadWeights| h.weight.iter().chain(&h.bias).map(|v| v.to_bits()).collect::<Vec<_>>();
+        let bits = |h: &HeadWeights| {
+            h.weight
+                .iter()
+                .chain(&h.bias)
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(bits(&a.head), bits(&b.head));
         assert_ne!(bits(&a.head), bits(&c.head));
     }

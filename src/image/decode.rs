@@ -10,15 +10,18 @@ use ::image::{ImageFormat, ImageReader, Limits, RgbImage};
 use crate::error::{Error, Result};
 
 /// File extensions graft reads, matched case-insensitively.
-pub const SUPPORTED_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff",
-];
+pub const SUPPORTED_EXTENSIONS: &[&str] =
+    &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
 
 /// Whether `path` has one of [`SUPPORTED_EXTENSIONS`] (any letter case).
 pub fn is_supported_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
-        .map(|e| SUPPORTED_EXTENSIONS.iter().any(|s| s.eq_ignore_ascii_case(e)))
+        .map(|e| {
+            SUPPORTED_EXTENSIONS
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(e))
+        })
         .unwrap_or(false)
 }
 
@@ -105,7 +108,9 @@ fn decode_jpeg_strict(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         .set_max_height(usize::MAX)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    let pixels = decoder.decode().map_err(|e| format!("invalid or truncated JPEG: {e:?}"))?;
+    let pixels = decoder
+        .decode()
+        .map_err(|e| format!("invalid or truncated JPEG: {e:?}"))?;
     let info = decoder.info().ok_or("JPEG without a frame header")?;
     let (width, height) = (u32::from(info.width), u32::from(info.height));
     let rgb = match decoder.output_colorspace() {
@@ -113,7 +118,8 @@ fn decode_jpeg_strict(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         Some(ColorSpace::Luma) => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
         other => return Err(format!("unsupported JPEG colour space {other:?}")),
     };
-    RgbImage::from_raw(width, height, rgb).ok_or_else(|| "JPEG pixel data has the wrong size".to_string())
+    RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| "JPEG pixel data has the wrong size".to_string())
 }
 
 #[cfg(test)]
@@ -157,9 +163,23 @@ mod tests {
         let mut png = Vec::new();
         img.write_to(&mut Cursor::new(&mut png), ::image::ImageFormat::Png)
             .unwrap();
-        let err = decode_rgb8_bytes(&png, Path::new("big.png"), DecodeLimits { max_pixels: 5000 })
-            .unwrap_err();
-        assert!(matches!(err, Error::ImageTooLarge { width: 100, height: 100, .. }), "{err}");
+        let err = decode_rgb8_bytes(
+            &png,
+            Path::new("big.png"),
+            DecodeLimits { max_pixels: 5000 },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::ImageTooLarge {
+                    width: 100,
+                    height: 100,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,4 +4,6 @@ pub mod augment;
 pub mod decode;
 pub mod preprocess;
 
-pub use decode::{decode_rgb8, decode_rgb8_bytes, is_supported_image, DecodeLimits, SUPPORTED_EXTENSIONS};
+pub use decode::{
+    decode_rgb8, decode_rgb8_bytes, is_supported_image, DecodeLimits, SUPPORTED_EXTENSIONS,
+};

@@ -3,6 +3,7 @@
 pub mod chart;
 pub mod confusion;
 pub mod curves;
+pub mod html;
 
 use std::fmt::Write as _;
 

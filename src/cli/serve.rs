@@ -1,0 +1,71 @@
+//! `graft serve BUNDLE --addr HOST:PORT`: classify images over HTTP.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use graft::image::DecodeLimits;
+use graft::predict::Predictor;
+use graft::serve::{BatchOptions, Limits, Options};
+
+use super::render::Bar;
+use super::Outcome;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model folder written by `graft train --output`.
+    bundle: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the first line printed names it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Images per backbone run; 1 turns batching off.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    max_batch: u32,
+    /// How long the first image of a batch waits for others, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    max_wait_ms: u64,
+    /// Images waiting for the network, at most; past it requests get 503 with Retry-After.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_queue: u32,
+    /// Largest request body, in megabytes.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_body_mb: u32,
+    /// Largest image, in pixels (width x height): guards against decompression bombs.
+    #[arg(long, default_value_t = DecodeLimits::default().max_pixels)]
+    max_pixels: u64,
+    /// Seconds a request may take, upload included.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    request_timeout_s: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let predictor = Predictor::load(&args.bundle, &Bar::new())
+        .with_context(|| format!("loading the model {}", args.bundle.display()))?;
+    let options = Options {
+        addr: args.addr,
+        batch: BatchOptions {
+            max_batch: args.max_batch as usize,
+            max_wait: Duration::from_millis(args.max_wait_ms),
+            max_queue: args.max_queue as usize,
+        },
+        limits: Limits {
+            max_body_bytes: (args.max_body_mb as usize) << 20,
+            request_timeout: Duration::from_secs(args.request_timeout_s),
+            decode: DecodeLimits {
+                max_pixels: args.max_pixels,
+            },
+        },
+    };
+    graft::serve::serve(predictor, options, |addr| {
+        // The first line on stdout, so scripts and tests can read the port back.
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "listening on http://{addr}");
+        let _ = stdout.flush();
+        if std::env::var_os("GRAFT_LOG").is_none() {
+            eprintln!("request logs: set GRAFT_LOG=graft::serve=info");
+        }
+    })?;
+    Ok(Outcome::Done)
+}
