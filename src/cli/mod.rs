@@ -71,7 +71,12 @@ const EXIT_SKIPPED: u8 = 3;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    render::init_logging();
+    // A service logs each request; the batch commands only say what went wrong.
+    let default_log = match cli.command {
+        Command::Serve(_) => "warn,graft::serve=info",
+        _ => "warn",
+    };
+    render::init_logging(default_log);
     let result = match cli.command {
         Command::Models(cmd) => models::run(cmd),
         Command::Imagenet(args) => imagenet::run(args),

@@ -63,9 +63,6 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "listening on http://{addr}");
         let _ = stdout.flush();
-        if std::env::var_os("GRAFT_LOG").is_none() {
-            eprintln!("request logs: set GRAFT_LOG=graft::serve=info");
-        }
     })?;
     Ok(Outcome::Done)
 }
