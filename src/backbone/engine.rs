@@ -142,14 +142,8 @@ impl BurnNet {
                     bias,
                     activation,
                 } => {
-                    let in_ch = match graph.shape(*input) {
-                        Shape::Map { channels, .. } => *channels,
-                        Shape::Flat { len } => *len,
-                    };
-                    let out = match node.shape {
-                        Shape::Map { channels, .. } => channels,
-                        Shape::Flat { len } => len,
-                    };
+                    let in_ch = graph.shape(*input).channels();
+                    let out = node.shape.channels();
                     let weight = tensor(
                         tensors,
                         &format!("{key}.weight"),
@@ -239,14 +233,8 @@ impl BurnNet {
                     shift: per_channel(shift.clone(), &device),
                 },
                 Op::Linear { input, key } => {
-                    let in_len = match graph.shape(*input) {
-                        Shape::Flat { len } => *len,
-                        Shape::Map { channels, .. } => *channels,
-                    };
-                    let out = match node.shape {
-                        Shape::Flat { len } => len,
-                        Shape::Map { channels, .. } => channels,
-                    };
+                    let in_len = graph.shape(*input).channels();
+                    let out = node.shape.channels();
                     let weight: Tensor<2> =
                         tensor(tensors, &format!("{key}.weight"), [out, in_len], &device)?;
                     let bias: Tensor<1> = tensor(tensors, &format!("{key}.bias"), [out], &device)?;

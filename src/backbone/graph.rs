@@ -113,7 +113,8 @@ pub enum Shape {
 }
 
 impl Shape {
-    fn channels(&self) -> usize {
+    /// Channels of a map, length of a flat vector.
+    pub fn channels(&self) -> usize {
         match self {
             Shape::Map { channels, .. } => *channels,
             Shape::Flat { len } => *len,

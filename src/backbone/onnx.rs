@@ -201,10 +201,7 @@ fn name(v: Value) -> String {
 }
 
 fn channels(shape: &Shape) -> usize {
-    match shape {
-        Shape::Map { channels, .. } => *channels,
-        Shape::Flat { len } => *len,
-    }
+    shape.channels()
 }
 
 /// Serializes `graph` with the weights in `tensors` (as [`super::fold::fold_for_inference`]
