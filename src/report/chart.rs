@@ -41,17 +41,7 @@ pub fn class_counts_chart(stats: &ClassStats, path: &Path) -> Result<()> {
 }
 
 fn short_label(label: &str) -> String {
-    let shown = if label.is_empty() {
-        "(empty label)"
-    } else {
-        label
-    };
-    if shown.chars().count() <= LABEL_CHARS {
-        shown.to_string()
-    } else {
-        let cut: String = shown.chars().take(LABEL_CHARS - 1).collect();
-        format!("{cut}…")
-    }
+    super::shorten(label, LABEL_CHARS)
 }
 
 fn draw_bars(

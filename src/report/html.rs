@@ -370,17 +370,7 @@ fn summary_section(rows: &[(String, String)], flags: &[String]) -> String {
 
 /// Label shortened for an axis; the full one goes in a tooltip.
 fn short(label: &str) -> String {
-    let shown = if label.is_empty() {
-        "(empty label)"
-    } else {
-        label
-    };
-    if shown.chars().count() <= LABEL_CHARS {
-        shown.to_string()
-    } else {
-        let cut: String = shown.chars().take(LABEL_CHARS - 1).collect();
-        format!("{cut}…")
-    }
+    super::shorten(label, LABEL_CHARS)
 }
 
 /// Round numbers for axis ticks: about `target` steps of 1, 2, 2.5 or 5 times a power of ten

@@ -91,3 +91,19 @@ mod tests {
         assert!(img.width() >= 640 && img.height() > 460);
     }
 }
+
+/// A label cut to at most `max_chars` characters (an ellipsis marks the cut) for axes
+/// and tables; an empty label is shown as such rather than as nothing.
+pub(crate) fn shorten(label: &str, max_chars: usize) -> String {
+    let shown = if label.is_empty() {
+        "(empty label)"
+    } else {
+        label
+    };
+    if shown.chars().count() <= max_chars {
+        shown.to_string()
+    } else {
+        let cut: String = shown.chars().take(max_chars.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
