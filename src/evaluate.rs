@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::features::cache::FeatureCache;
-use crate::features::cached::cached_features;
+use crate::features::cached::{cached_features, cached_views, ViewRequest};
+use crate::image::distort::View;
 use crate::features::{ExtractOptions, Skipped};
 use crate::metrics::{evaluate, Evaluation};
-use crate::predict::Predictor;
+use crate::predict::{check_tta, Predictor};
 use crate::progress::Progress;
 use crate::report::confusion::confusion_png;
 use crate::retrain::ImageSource;
@@ -19,6 +20,8 @@ pub struct EvaluateOptions {
     pub source: ImageSource,
     pub bottleneck_dir: PathBuf,
     pub batch_size: usize,
+    /// Test-time views averaged per image (1: none).
+    pub tta: usize,
     pub output_dir: PathBuf,
     /// Where the HTML report goes (default: `<output_dir>/report.html`).
     pub report: Option<PathBuf>,
@@ -96,15 +99,51 @@ pub fn evaluate_bundle(
         batch_size: options.batch_size,
         ..ExtractOptions::default()
     };
+    let tta = check_tta(options.tta)?;
     let cached = cached_features(&predictor.backbone, &cache, &paths, extract, progress)?;
+    // Test-time views 1.. of every readable image, through the cache like the originals.
+    let requests: Vec<ViewRequest> = cached
+        .features
+        .iter()
+        .zip(&cached.hashes)
+        .enumerate()
+        .filter_map(|(image, (f, hash))| Some((image, f.as_ref()?, (*hash)?)))
+        .flat_map(|(image, _, hash)| {
+            (1..tta).map(move |k| ViewRequest {
+                image,
+                hash,
+                view: View::test_time(k),
+                tag: View::test_time_tag(k),
+            })
+        })
+        .collect();
+    let extra = cached_views(
+        &predictor.backbone,
+        &cache,
+        &paths,
+        &requests,
+        extract,
+        "test-time views",
+        progress,
+    )?;
+    let mut views: Vec<Vec<&[f32]>> = cached
+        .features
+        .iter()
+        .map(|f| f.as_deref().into_iter().collect())
+        .collect();
+    for (request, f) in requests.iter().zip(&extra.features) {
+        if let Some(f) = f {
+            views[request.image].push(f);
+        }
+    }
     let mut truth = Vec::new();
     let mut probs = Vec::new();
     let mut rel_paths = Vec::new();
     let mut full_paths = Vec::new();
-    for (image, features) in dataset.images.iter().zip(&cached.features) {
-        if let Some(f) = features {
+    for (image, views) in dataset.images.iter().zip(&views) {
+        if views.len() == tta {
             truth.push(to_model[image.label]);
-            probs.push(predictor.probabilities(f));
+            probs.push(predictor.mean_probabilities(views.iter().copied()));
             rel_paths.push(image.relative.clone());
             full_paths.push(image.path.clone());
         }

@@ -9,7 +9,8 @@ use crate::backbone::Backbone;
 use crate::bundle::Bundle;
 use crate::dataset::scan_images;
 use crate::error::{Error, Result};
-use crate::features::{extract, ExtractOptions, Skipped};
+use crate::features::{extract_views, ExtractOptions, Job, Skipped};
+use crate::image::distort::View;
 use crate::progress::Progress;
 
 /// A trained model ready to classify.
@@ -79,18 +80,47 @@ impl Predictor {
             .collect()
     }
 
-    /// Classifies every file in `paths`; unreadable images are skipped and reported.
+    /// Probabilities averaged over several views' feature vectors (test-time augmentation).
+    pub fn mean_probabilities<'a>(&self, views: impl IntoIterator<Item = &'a [f32]>) -> Vec<f32> {
+        let mut sum = vec![0f32; self.bundle.manifest.labels.len()];
+        let mut n = 0usize;
+        for features in views {
+            for (s, p) in sum.iter_mut().zip(self.probabilities(features)) {
+                *s += p;
+            }
+            n += 1;
+        }
+        sum.iter_mut().for_each(|s| *s /= n.max(1) as f32);
+        sum
+    }
+
+    /// Classifies every file in `paths`, averaging the softmax over the first `tta`
+    /// test-time views of each (1: the plain prediction); unreadable images are skipped
+    /// and reported.
     pub fn predict_paths(
         &self,
         paths: &[PathBuf],
         k: usize,
+        tta: usize,
         options: ExtractOptions,
         progress: &dyn Progress,
     ) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
+        let tta = check_tta(tta)?;
+        let jobs: Vec<Job> = (0..paths.len())
+            .flat_map(|image| (0..tta).map(move |v| Job { image, view: View::test_time(v) }))
+            .collect();
         let mut predictions = Vec::with_capacity(paths.len());
-        let report = extract(&self.backbone, paths, options, progress, |out| {
-            let path = &paths[out.index];
-            let probs = self.probabilities(out.features);
+        // The views of one image arrive together, in order.
+        let mut views: Vec<Vec<f32>> = Vec::with_capacity(tta);
+        let stage = if tta > 1 { "classifying views" } else { "extracting" };
+        let report = extract_views(&self.backbone, paths, &jobs, options, stage, progress, |out| {
+            views.push(out.features.to_vec());
+            if views.len() < tta {
+                return Ok(());
+            }
+            let path = &paths[jobs[out.index].image];
+            let probs = self.mean_probabilities(views.iter().map(Vec::as_slice));
+            views.clear();
             predictions.push(Prediction {
                 path: path.clone(),
                 image_id: path
@@ -102,6 +132,19 @@ impl Predictor {
             Ok(())
         })?;
         Ok((predictions, report.skipped))
+    }
+}
+
+/// Validates `--tta N`.
+pub fn check_tta(tta: usize) -> Result<usize> {
+    if (1..=View::TEST_TIME_VIEWS).contains(&tta) {
+        Ok(tta)
+    } else {
+        Err(Error::Invalid(format!(
+            "--tta {tta}: give 1 (no test-time augmentation) to {} views (original, mirror, \
+             four corner crops and their mirrors)",
+            View::TEST_TIME_VIEWS
+        )))
     }
 }
 

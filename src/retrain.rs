@@ -13,10 +13,11 @@ use crate::dataset::classes::Dataset;
 use crate::dataset::split::{which_split, Split};
 use crate::error::{Error, Result};
 use crate::features::cache::FeatureCache;
-use crate::features::cached::cached_features;
-use crate::features::{ExtractOptions, Skipped};
-use crate::head::train::score;
+use crate::features::cached::{cached_features, cached_views, ViewRequest};
+use crate::features::{extract_views, ExtractOptions, Job, Skipped};
+use crate::head::train::{score, CachedVariants, Originals, TrainFeatures};
 use crate::head::{train_head, HeadWeights, SplitData, TrainConfig, TrainEvent};
+use crate::image::distort::Distortions;
 use crate::metrics::{evaluate, Evaluation};
 use crate::progress::Progress;
 use crate::report::curves::{training_curves_png, CurvePoint};
@@ -61,12 +62,31 @@ pub struct RetrainOptions {
     /// Save an intermediate bundle every N steps (0: never) under `intermediate_dir`.
     pub intermediate_store_frequency: usize,
     pub intermediate_dir: PathBuf,
+    /// retrain.py's training-time distortions (all off by default).
+    pub distortions: Distortions,
+    pub distortion_mode: DistortionMode,
+    /// Distorted variants per training image in [`DistortionMode::Cached`].
+    pub distorted_variants: usize,
+}
+
+/// How training-time distortions reach the head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DistortionMode {
+    /// Each training image gets K distorted variants, extracted once and kept in the
+    /// feature cache; every sample is the original or one of its variants.
+    Cached,
+    /// retrain.py's way: a fresh distortion of every sample at every step, through the
+    /// whole network (train-batch-size forward passes a step; hours on a CPU).
+    Online,
 }
 
 /// What the run reports beyond training events.
 pub enum RetrainEvent<'a> {
     Warning(String),
     Features {
+        /// What was looked up: "features" or "distorted variants".
+        what: &'static str,
         hits: usize,
         extracted: usize,
         corrupt: usize,
@@ -95,6 +115,7 @@ pub fn retrain(
     mut on_event: impl FnMut(RetrainEvent<'_>),
 ) -> Result<RetrainOutcome> {
     let run_started = std::time::Instant::now();
+    options.distortions.check()?;
     let dataset = options.source.load()?;
     dataset.require_trainable()?;
     for warning in dataset.warnings() {
@@ -105,6 +126,7 @@ pub fn retrain(
     let paths: Vec<PathBuf> = dataset.images.iter().map(|i| i.path.clone()).collect();
     let cached = cached_features(&backbone, &cache, &paths, options.extract, progress)?;
     on_event(RetrainEvent::Features {
+        what: "features",
         hits: cached.hits,
         extracted: cached.extracted,
         corrupt: cached.corrupt,
@@ -127,7 +149,9 @@ pub fn retrain(
         },
     ];
     let mut test_paths = Vec::new();
-    for (image, features) in dataset.images.iter().zip(&cached.features) {
+    // Dataset index of each train split row.
+    let mut train_images = Vec::new();
+    for (index, (image, features)) in dataset.images.iter().zip(&cached.features).enumerate() {
         let Some(features) = features else { continue };
         let split = which_split(
             &image.relative,
@@ -135,7 +159,10 @@ pub fn retrain(
             options.testing_percentage,
         );
         let slot = match split {
-            Split::Train => 0,
+            Split::Train => {
+                train_images.push(index);
+                0
+            }
             Split::Validation => 1,
             Split::Test => {
                 test_paths.push(image.relative.clone());
@@ -195,9 +222,55 @@ pub fn retrain(
             "optimizer": options.train.optimizer,
             "weight_decay": options.train.weight_decay,
             "seed": options.train.seed,
+            "flip_left_right": options.distortions.flip_left_right,
+            "random_crop": options.distortions.random_crop,
+            "random_scale": options.distortions.random_scale,
+            "random_brightness": options.distortions.random_brightness,
+            "distortion_mode": options.distortion_mode,
+            "distorted_variants": options.distorted_variants,
         }),
         split_sizes: split_sizes.clone(),
         metrics: head_metrics,
+    };
+
+    // Only training images are ever distorted: validation and test use the originals.
+    let mut variants_note = String::new();
+    let train_paths: Vec<PathBuf> = train_images
+        .iter()
+        .map(|&i| dataset.images[i].path.clone())
+        .collect();
+    let mut sources: Box<dyn TrainFeatures + '_> = if options.distortions.is_none() {
+        Box::new(Originals)
+    } else {
+        match options.distortion_mode {
+            DistortionMode::Cached => {
+                let variants = cached_variants(
+                    options,
+                    &backbone,
+                    &cache,
+                    &dataset,
+                    &train_images,
+                    &cached.hashes,
+                    progress,
+                    &mut on_event,
+                )?;
+                variants_note = format!(
+                    "; {} distorted variants per training image",
+                    options.distorted_variants
+                );
+                Box::new(variants)
+            }
+            DistortionMode::Online => {
+                variants_note = "; distorted afresh at every step (online)".into();
+                Box::new(OnlineDistortions {
+                    backbone: &backbone,
+                    paths: &train_paths,
+                    distortions: options.distortions,
+                    rng: ChaCha8Rng::seed_from_u64(options.train.seed ^ 0xd157_0127),
+                    extract: options.extract,
+                })
+            }
+        }
     };
 
     let started = std::time::Instant::now();
@@ -205,6 +278,7 @@ pub fn retrain(
         &options.train,
         dataset.classes.len(),
         &train,
+        sources.as_mut(),
         &validation,
         options.intermediate_store_frequency,
         |event, weights| {
@@ -285,7 +359,7 @@ pub fn retrain(
         head_seconds,
     };
     let features = format!(
-        "{} from the cache, {} extracted",
+        "{} from the cache, {} extracted{variants_note}",
         cached.hits, cached.extracted
     );
     write_html_report(options, &outcome, &curve, features, run_started)?;
@@ -410,6 +484,129 @@ fn write_html_report(
             image_paths: &image_paths,
         },
     )
+}
+
+/// Extracts (or finds in the cache) `options.distorted_variants` distorted views of every
+/// training image.
+#[allow(clippy::too_many_arguments)]
+fn cached_variants(
+    options: &RetrainOptions,
+    backbone: &Backbone,
+    cache: &FeatureCache,
+    dataset: &Dataset,
+    train_images: &[usize],
+    hashes: &[Option<[u8; 32]>],
+    progress: &dyn Progress,
+    on_event: &mut impl FnMut(RetrainEvent<'_>),
+) -> Result<CachedVariants> {
+    let k_max = options.distorted_variants;
+    if k_max == 0 {
+        return Err(Error::Invalid(
+            "--distorted-variants 0 leaves nothing to train the distortions on: give 1 or more, \
+             or use --distortion-mode online"
+                .into(),
+        ));
+    }
+    let size = backbone.spec().preprocess.size;
+    let paths: Vec<PathBuf> = dataset.images.iter().map(|i| i.path.clone()).collect();
+    let mut requests = Vec::with_capacity(train_images.len() * k_max);
+    for &image in train_images {
+        // Every training row had its features read, so its hash is known.
+        let Some(hash) = hashes[image] else { continue };
+        for k in 0..k_max {
+            requests.push(ViewRequest {
+                image,
+                hash,
+                view: options.distortions.variant(size, &hash, k),
+                tag: options.distortions.variant_tag(k),
+            });
+        }
+    }
+    let views = cached_views(
+        backbone,
+        cache,
+        &paths,
+        &requests,
+        options.extract,
+        "distorting",
+        progress,
+    )?;
+    on_event(RetrainEvent::Features {
+        what: "distorted variants",
+        hits: views.hits,
+        extracted: views.extracted,
+        corrupt: views.corrupt,
+        seconds: views.extraction_seconds,
+    });
+    for skipped in &views.skipped {
+        on_event(RetrainEvent::Warning(format!(
+            "no distorted variants of {}: {}",
+            skipped.path.display(),
+            skipped.reason
+        )));
+    }
+    let row_of: std::collections::HashMap<usize, usize> = train_images
+        .iter()
+        .enumerate()
+        .map(|(row, &image)| (image, row))
+        .collect();
+    let mut variants = vec![Vec::new(); train_images.len()];
+    for (request, features) in requests.iter().zip(views.features) {
+        if let (Some(f), Some(&row)) = (features, row_of.get(&request.image)) {
+            variants[row].extend_from_slice(&f);
+        }
+    }
+    Ok(CachedVariants { variants })
+}
+
+/// retrain.py's distortions as it runs them: every sample of every step is a fresh random
+/// distortion of the image, run through the whole backbone.
+struct OnlineDistortions<'a> {
+    backbone: &'a Backbone,
+    /// Path of each training row.
+    paths: &'a [PathBuf],
+    distortions: Distortions,
+    /// Separate from the training loop's stream, so the batches drawn are the same as
+    /// in cached mode with the same seed.
+    rng: ChaCha8Rng,
+    extract: ExtractOptions,
+}
+
+impl TrainFeatures for OnlineDistortions<'_> {
+    fn rows(&mut self, train: &SplitData, batch: &[usize], _rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
+        let size = self.backbone.spec().preprocess.size;
+        let jobs: Vec<Job> = batch
+            .iter()
+            .map(|&image| Job {
+                image,
+                view: self.distortions.draw(size, &mut self.rng),
+            })
+            .collect();
+        let dim = train.dim;
+        let mut rows = vec![0f32; batch.len() * dim];
+        let report = extract_views(
+            self.backbone,
+            self.paths,
+            &jobs,
+            self.extract,
+            "distorting",
+            &crate::progress::Silent,
+            |out| {
+                rows[out.index * dim..(out.index + 1) * dim].copy_from_slice(out.features);
+                Ok(())
+            },
+        )?;
+        if let Some(skipped) = report.skipped.first() {
+            return Err(Error::invalid_input(
+                &skipped.path,
+                format!(
+                    "could not be read again for an online distortion ({}); restore the file or remove it and retrain",
+                    skipped.reason
+                ),
+            ));
+        }
+        Ok(rows)
+    }
 }
 
 fn evaluate_test(

@@ -36,6 +36,10 @@ pub struct Args {
     /// Images per backbone forward pass (1 is fastest with the pure-Rust CPU engine, measured).
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
+    /// Test-time augmentation: average the softmax over N views of each image (1 = off;
+    /// up to 10: original, mirror, four 90% corner crops and their mirrors).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    tta: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -49,6 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             .clone()
             .unwrap_or_else(default_bottleneck_dir),
         batch_size: args.batch_size,
+        tta: args.tta,
         output_dir: args.output_dir.clone(),
         report: args.report.clone(),
     };

@@ -38,6 +38,10 @@ pub struct Args {
     /// Images per backbone forward pass (1 is fastest with the pure-Rust CPU engine, measured).
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
+    /// Test-time augmentation: average the softmax over N views of each image (1 = off;
+    /// up to 10: original, mirror, four 90% corner crops and their mirrors).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    tta: usize,
 }
 
 fn render(predictions: &[Prediction], format: Format, top_k: usize) -> anyhow::Result<Vec<u8>> {
@@ -93,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         batch_size: args.batch_size,
         ..ExtractOptions::default()
     };
-    let (mut predictions, skipped) = predictor.predict_paths(&paths, args.top_k, options, &bar)?;
+    let (mut predictions, skipped) = predictor.predict_paths(&paths, args.top_k, args.tta, options, &bar)?;
     if matches!(args.format, Format::Csv) {
         // Submission rows in a stable order, whatever order the files were given in.
         predictions.sort_by(|a, b| a.image_id.cmp(&b.image_id).then(a.path.cmp(&b.path)));

@@ -6,7 +6,10 @@ use graft::backbone::BackboneId;
 use graft::features::ExtractOptions;
 use graft::head::{Optimizer, TrainConfig, TrainEvent};
 use graft::progress::Progress;
-use graft::retrain::{default_bottleneck_dir, retrain, RetrainEvent, RetrainOptions};
+use graft::image::distort::Distortions;
+use graft::retrain::{
+    default_bottleneck_dir, retrain, DistortionMode, RetrainEvent, RetrainOptions,
+};
 
 use super::render::Bar;
 use super::source::SourceArgs;
@@ -69,6 +72,30 @@ pub struct Args {
     /// the pure-Rust CPU engine, measured).
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
+    /// Distortion: mirror training images left to right at random (retrain.py's
+    /// --flip_left_right).
+    #[arg(long)]
+    flip_left_right: bool,
+    /// Distortion: a random crop that leaves out up to this percentage of the view, as
+    /// retrain.py's --random_crop (the view is enlarged by 1 + P/100 and cut back).
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+    random_crop: f32,
+    /// Distortion: enlarge the view by a random factor up to 1 + P/100 before cutting
+    /// (retrain.py's --random_scale; combines with --random-crop into one crop).
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+    random_scale: f32,
+    /// Distortion: multiply pixel values by a random factor in [1 - P/100, 1 + P/100)
+    /// (retrain.py's --random_brightness).
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+    random_brightness: f32,
+    /// cached: K distorted variants per training image, extracted once into the feature
+    /// cache; online: retrain.py's fresh distortion per sample per step (hours on a CPU).
+    #[arg(long, value_enum, default_value_t = DistortionMode::Cached)]
+    distortion_mode: DistortionMode,
+    /// Distorted variants per training image in cached mode (see README for the measurement
+    /// behind the default).
+    #[arg(long, default_value_t = 8, value_name = "K")]
+    distorted_variants: usize,
 }
 
 fn percent(v: f32) -> String {
@@ -110,6 +137,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         output: args.output.clone(),
         intermediate_store_frequency: args.intermediate_store_frequency,
         intermediate_dir,
+        distortions: Distortions {
+            flip_left_right: args.flip_left_right,
+            random_crop: args.random_crop,
+            random_scale: args.random_scale,
+            random_brightness: args.random_brightness,
+        },
+        distortion_mode: args.distortion_mode,
+        distorted_variants: args.distorted_variants,
     };
 
     let bar = Bar::new();
@@ -118,6 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let outcome = retrain(&options, &bar, |event| match event {
         RetrainEvent::Warning(w) => bar.message(&format!("warning: {w}")),
         RetrainEvent::Features {
+            what,
             hits,
             extracted,
             corrupt,
@@ -134,7 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 String::new()
             };
             bar.message(&format!(
-                "features: {hits} from cache, {extracted} extracted{rate}{corrupt}"
+                "{what}: {hits} from cache, {extracted} extracted{rate}{corrupt}"
             ));
         }
         RetrainEvent::Training(TrainEvent::Evaluation {

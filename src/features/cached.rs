@@ -7,15 +7,18 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 
 use super::cache::{hash_file, FeatureCache, Lookup, ModelFingerprint};
-use super::extract::{extract, ExtractOptions, Skipped};
+use super::extract::{extract_views, ExtractOptions, Job, Skipped};
 use crate::backbone::Backbone;
 use crate::error::Result;
+use crate::image::distort::View;
 use crate::progress::Progress;
 
 #[derive(Debug, Default)]
 pub struct CachedFeatures {
     /// One entry per input path: `None` where the image was skipped.
     pub features: Vec<Option<Vec<f32>>>,
+    /// Content hash of each input (`None` where the file could not be read).
+    pub hashes: Vec<Option<[u8; 32]>>,
     pub hits: usize,
     /// Vectors computed by this run (misses plus corrupt entries).
     pub extracted: usize,
@@ -33,30 +36,96 @@ pub fn cached_features(
     options: ExtractOptions,
     progress: &dyn Progress,
 ) -> Result<CachedFeatures> {
-    let fingerprint = ModelFingerprint::new(backbone.id, &backbone.weights_sha256);
     let hashes: Vec<Result<[u8; 32]>> = paths.par_iter().map(|p| hash_file(p)).collect();
-
-    let mut out = CachedFeatures {
-        features: vec![None; paths.len()],
-        ..Default::default()
-    };
-    let mut todo: Vec<usize> = Vec::new();
-    let mut keys: Vec<Option<[u8; 32]>> = vec![None; paths.len()];
-    for (i, hash) in hashes.into_iter().enumerate() {
-        let hash = match hash {
-            Ok(h) => h,
+    let mut skipped = Vec::new();
+    let mut requests = Vec::with_capacity(paths.len());
+    let mut out_hashes = vec![None; paths.len()];
+    for (image, hash) in hashes.into_iter().enumerate() {
+        match hash {
+            Ok(hash) => {
+                out_hashes[image] = Some(hash);
+                requests.push(ViewRequest {
+                    image,
+                    hash,
+                    view: View::ORIGINAL,
+                    tag: String::new(),
+                });
+            }
             Err(err) => {
-                progress.message(&format!("skipped {}: {err}", paths[i].display()));
-                out.skipped.push(Skipped {
-                    path: paths[i].clone(),
+                progress.message(&format!("skipped {}: {err}", paths[image].display()));
+                skipped.push(Skipped {
+                    path: paths[image].clone(),
                     reason: err.to_string(),
                 });
-                continue;
             }
-        };
-        let key = fingerprint.key(&hash, "");
-        keys[i] = Some(key);
-        match cache.get(&key)? {
+        }
+    }
+    let views = cached_views(backbone, cache, paths, &requests, options, "extracting", progress)?;
+    let mut features = vec![None; paths.len()];
+    for (request, f) in requests.iter().zip(views.features) {
+        features[request.image] = f;
+    }
+    skipped.extend(views.skipped);
+    Ok(CachedFeatures {
+        features,
+        hashes: out_hashes,
+        hits: views.hits,
+        extracted: views.extracted,
+        corrupt: views.corrupt,
+        skipped,
+        extraction_seconds: views.extraction_seconds,
+    })
+}
+
+/// One cached view of an image: a distorted variant, say, or a test-time view.
+#[derive(Clone, Debug)]
+pub struct ViewRequest {
+    /// Index into `paths`.
+    pub image: usize,
+    /// The image's content hash (from [`CachedFeatures::hashes`]).
+    pub hash: [u8; 32],
+    pub view: View,
+    /// Names the view in the cache key: empty for the original; for others, everything
+    /// the view depends on apart from the image (parameters, variant index).
+    pub tag: String,
+}
+
+/// Features of `requests`, index-aligned with them (`None` where the image could not be
+/// decoded), with the same cache statistics as [`CachedFeatures`].
+#[derive(Debug, Default)]
+pub struct CachedViews {
+    pub features: Vec<Option<Vec<f32>>>,
+    pub hits: usize,
+    pub extracted: usize,
+    pub corrupt: usize,
+    pub skipped: Vec<Skipped>,
+    pub extraction_seconds: f64,
+}
+
+/// Features of every requested view, from the cache where possible; misses are extracted
+/// (in request order: list an image's views together so they share one decode) and
+/// committed batch by batch. `stage` names the progress bar.
+pub fn cached_views(
+    backbone: &Backbone,
+    cache: &FeatureCache,
+    paths: &[PathBuf],
+    requests: &[ViewRequest],
+    options: ExtractOptions,
+    stage: &str,
+    progress: &dyn Progress,
+) -> Result<CachedViews> {
+    let fingerprint = ModelFingerprint::new(backbone.id, &backbone.weights_sha256);
+    let mut out = CachedViews {
+        features: vec![None; requests.len()],
+        ..Default::default()
+    };
+    let keys: Vec<[u8; 32]> = requests
+        .iter()
+        .map(|r| fingerprint.key(&r.hash, &r.tag))
+        .collect();
+    let mut todo: Vec<usize> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        match cache.get(key)? {
             Lookup::Hit(f) => {
                 out.features[i] = Some(f);
                 out.hits += 1;
@@ -72,18 +141,22 @@ pub fn cached_features(
         return Ok(out);
     }
 
-    let todo_paths: Vec<PathBuf> = todo.iter().map(|&i| paths[i].clone()).collect();
+    let jobs: Vec<Job> = todo
+        .iter()
+        .map(|&i| Job {
+            image: requests[i].image,
+            view: requests[i].view,
+        })
+        .collect();
     // One durable commit per batch, before the batch is reported done: a kill loses at
     // most the batch in flight.
     let commit_every = options.batch_size.max(1);
     let mut pending: Vec<([u8; 32], Vec<f32>)> = Vec::with_capacity(commit_every);
     let mut extracted = 0usize;
-    let report = extract(backbone, &todo_paths, options, progress, |image| {
+    let report = extract_views(backbone, paths, &jobs, options, stage, progress, |image| {
         let i = todo[image.index];
         let features = image.features.to_vec();
-        if let Some(key) = keys[i] {
-            pending.push((key, features.clone()));
-        }
+        pending.push((keys[i], features.clone()));
         out.features[i] = Some(features);
         extracted += 1;
         if pending.len() >= commit_every {
@@ -94,7 +167,7 @@ pub fn cached_features(
     })?;
     cache.put_many(&pending)?;
     out.extracted = extracted;
-    out.skipped.extend(report.skipped);
+    out.skipped = report.skipped;
     out.extraction_seconds = report.elapsed.as_secs_f64();
     Ok(out)
 }

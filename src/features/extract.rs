@@ -1,7 +1,8 @@
-//! Running a backbone over many image files: decoding and preprocessing run in parallel
-//! on the rayon pool, one batch ahead of inference, so the network never waits for JPEG
-//! decoding; memory stays bounded by two batches of pixels.
+//! Running a backbone over many image files (or several views of each): decoding and
+//! preprocessing run in parallel on the rayon pool, one round ahead of inference, so the
+//! network never waits for JPEG decoding; memory stays bounded by two rounds of pixels.
 
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::backbone::Backbone;
 use crate::error::{Error, Result};
-use crate::image::preprocess::preprocess;
+use crate::image::distort::{prepare, View};
 use crate::image::{decode_rgb8, DecodeLimits};
 use crate::progress::Progress;
 
@@ -55,12 +56,20 @@ impl ExtractReport {
 
 /// One image's outputs, handed to the sink in input order.
 pub struct ImageOutputs<'a> {
-    /// Index into the `paths` given to [`extract`].
+    /// Index into the `paths` given to [`extract`] (the jobs given to [`extract_views`]).
     pub index: usize,
     /// `[D]` pooled features.
     pub features: &'a [f32],
     /// `[1000]` ImageNet logits.
     pub logits: &'a [f32],
+}
+
+/// One network input: an image file (an index into the `paths` given to
+/// [`extract_views`]) and the view of it the network sees.
+#[derive(Clone, Copy, Debug)]
+pub struct Job {
+    pub image: usize,
+    pub view: View,
 }
 
 type Prepared = Vec<(usize, Result<Vec<f32>>)>;
@@ -73,6 +82,28 @@ pub fn extract(
     paths: &[PathBuf],
     options: ExtractOptions,
     progress: &dyn Progress,
+    sink: impl FnMut(ImageOutputs<'_>) -> Result<()>,
+) -> Result<ExtractReport> {
+    let jobs: Vec<Job> = (0..paths.len())
+        .map(|image| Job {
+            image,
+            view: View::ORIGINAL,
+        })
+        .collect();
+    extract_views(backbone, paths, &jobs, options, "extracting", progress, sink)
+}
+
+/// Runs every job (a view of one of `paths`) through `backbone`, calling `sink` in job
+/// order with [`ImageOutputs::index`] the job's index. Consecutive jobs of the same image
+/// share one decode, so list an image's views together. A file that cannot be decoded is
+/// reported once, and all its jobs are skipped.
+pub fn extract_views(
+    backbone: &Backbone,
+    paths: &[PathBuf],
+    jobs: &[Job],
+    options: ExtractOptions,
+    stage: &str,
+    progress: &dyn Progress,
     mut sink: impl FnMut(ImageOutputs<'_>) -> Result<()>,
 ) -> Result<ExtractReport> {
     let start = Instant::now();
@@ -81,58 +112,69 @@ pub fn extract(
     let per_image = 3 * (preprocess_spec.size * preprocess_spec.size) as usize;
     let batch_size = options.batch_size.max(1);
     let mut report = ExtractReport::default();
-    progress.begin("extracting", paths.len() as u64);
+    progress.begin(stage, jobs.len() as u64);
+
+    // Runs of consecutive jobs on the same image: one decode each.
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        match groups.last_mut() {
+            Some(g) if jobs[g.start].image == job.image => g.end = j + 1,
+            _ => groups.push(j..j + 1),
+        }
+    }
+    // Enough images per round to fill a batch and keep every decoding thread busy.
+    let per_round = batch_size.max(rayon::current_num_threads());
 
     std::thread::scope(|scope| -> Result<()> {
-        // Two prepared batches in flight at most: bounded memory, full overlap.
+        // One round prepared ahead of inference at most: bounded memory, full overlap.
         let (tx, rx) = sync_channel::<Prepared>(1);
+        let groups = &groups;
         scope.spawn(move || {
-            for (chunk_index, chunk) in paths.chunks(batch_size).enumerate() {
-                let prepared: Prepared = chunk
+            for round in groups.chunks(per_round) {
+                let prepared: Vec<Prepared> = round
                     .par_iter()
-                    .enumerate()
-                    .map(|(i, path)| {
-                        let pixels = decode_rgb8(path, options.limits)
-                            .and_then(|rgb| preprocess(&rgb, &preprocess_spec));
-                        (chunk_index * batch_size + i, pixels)
+                    .map(|range| {
+                        let image = jobs[range.start].image;
+                        match decode_rgb8(&paths[image], options.limits) {
+                            Ok(rgb) => range
+                                .clone()
+                                .map(|j| (j, prepare(&rgb, &preprocess_spec, &jobs[j].view)))
+                                .collect(),
+                            Err(err) => {
+                                let reason = match &err {
+                                    Error::Decode { reason, .. } => reason.trim().to_string(),
+                                    Error::Io { source, .. } => source.to_string(),
+                                    other => other.to_string(),
+                                };
+                                range
+                                    .clone()
+                                    .map(|j| (j, Err(Error::Invalid(reason.clone()))))
+                                    .collect()
+                            }
+                        }
                     })
                     .collect();
-                if tx.send(prepared).is_err() {
+                if tx.send(prepared.into_iter().flatten().collect()).is_err() {
                     return; // The consumer stopped on an error.
                 }
             }
         });
 
-        for prepared in rx {
-            let mut pixels = Vec::with_capacity(prepared.len() * per_image);
-            let mut indices = Vec::with_capacity(prepared.len());
-            for (index, result) in prepared {
-                match result {
-                    Ok(p) => {
-                        pixels.extend_from_slice(&p);
-                        indices.push(index);
-                    }
-                    Err(err) => {
-                        let reason = match &err {
-                            Error::Decode { reason, .. } => reason.trim().to_string(),
-                            Error::Io { source, .. } => source.to_string(),
-                            other => other.to_string(),
-                        };
-                        progress.message(&format!("skipped {}: {reason}", paths[index].display()));
-                        report.skipped.push(Skipped {
-                            path: paths[index].clone(),
-                            reason,
-                        });
-                        progress.advance(1);
-                    }
-                }
+        let mut reported: HashSet<usize> = HashSet::new();
+        let mut pending: VecDeque<(usize, Vec<f32>)> = VecDeque::new();
+        let mut run_batch = |pending: &mut VecDeque<(usize, Vec<f32>)>,
+                             report: &mut ExtractReport|
+         -> Result<()> {
+            let n = pending.len().min(batch_size);
+            let mut pixels = Vec::with_capacity(n * per_image);
+            let mut indices = Vec::with_capacity(n);
+            for (index, p) in pending.drain(..n) {
+                pixels.extend_from_slice(&p);
+                indices.push(index);
             }
-            if indices.is_empty() {
-                continue;
-            }
-            let outputs = backbone.run(pixels, indices.len())?;
-            let dim = outputs.features.len() / indices.len();
-            let classes = outputs.logits.len() / indices.len();
+            let outputs = backbone.run(pixels, n)?;
+            let dim = outputs.features.len() / n;
+            let classes = outputs.logits.len() / n;
             for (row, index) in indices.iter().enumerate() {
                 sink(ImageOutputs {
                     index: *index,
@@ -140,8 +182,38 @@ pub fn extract(
                     logits: &outputs.logits[row * classes..(row + 1) * classes],
                 })?;
             }
-            report.processed += indices.len();
-            progress.advance(indices.len() as u64);
+            report.processed += n;
+            progress.advance(n as u64);
+            Ok(())
+        };
+        for prepared in rx {
+            for (index, result) in prepared {
+                match result {
+                    Ok(p) => pending.push_back((index, p)),
+                    Err(err) => {
+                        let image = jobs[index].image;
+                        if reported.insert(image) {
+                            let reason = match err {
+                                Error::Invalid(reason) => reason,
+                                other => other.to_string(),
+                            };
+                            progress
+                                .message(&format!("skipped {}: {reason}", paths[image].display()));
+                            report.skipped.push(Skipped {
+                                path: paths[image].clone(),
+                                reason,
+                            });
+                        }
+                        progress.advance(1);
+                    }
+                }
+                if pending.len() >= batch_size {
+                    run_batch(&mut pending, &mut report)?;
+                }
+            }
+        }
+        while !pending.is_empty() {
+            run_batch(&mut pending, &mut report)?;
         }
         Ok(())
     })?;

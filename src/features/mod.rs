@@ -5,4 +5,4 @@ pub mod cached;
 pub mod extract;
 pub mod file;
 
-pub use extract::{extract, ExtractOptions, ExtractReport, Skipped};
+pub use extract::{extract, extract_views, ExtractOptions, ExtractReport, Job, Skipped};

@@ -108,14 +108,20 @@ fn group_by_class(data: &SplitData, classes: usize) -> Vec<Vec<usize>> {
 
 /// Accuracy and mean cross-entropy of `head` on rows `indices` of `data`.
 pub fn score(head: &HeadWeights, data: &SplitData, indices: &[usize]) -> (f32, f32) {
-    if indices.is_empty() {
+    let rows: Vec<&[f32]> = indices.iter().map(|&i| data.row(i)).collect();
+    let labels: Vec<usize> = indices.iter().map(|&i| data.labels[i]).collect();
+    score_rows(head, &rows, &labels)
+}
+
+/// Accuracy and mean cross-entropy of `head` on feature `rows` with their `labels`.
+pub fn score_rows(head: &HeadWeights, rows: &[&[f32]], labels: &[usize]) -> (f32, f32) {
+    if rows.is_empty() {
         return (0.0, 0.0);
     }
     let mut correct = 0usize;
     let mut loss = 0f64;
-    for &i in indices {
-        let probs = head.probabilities(data.row(i));
-        let label = data.labels[i];
+    for (row, &label) in rows.iter().zip(labels) {
+        let probs = head.probabilities(row);
         let best = probs
             .iter()
             .enumerate()
@@ -126,9 +132,52 @@ pub fn score(head: &HeadWeights, data: &SplitData, indices: &[usize]) -> (f32, f
         loss -= f64::from(probs[label].max(1e-30)).ln();
     }
     (
-        correct as f32 / indices.len() as f32,
-        (loss / indices.len() as f64) as f32,
+        correct as f32 / rows.len() as f32,
+        (loss / rows.len() as f64) as f32,
     )
+}
+
+/// Where the feature rows of a training batch come from.
+pub trait TrainFeatures {
+    /// Rows `[batch.len(), dim]` (row-major) for training images `batch` (indices into
+    /// the train split). `rng` is the training loop's stream, for implementations that
+    /// choose among stored variants.
+    fn rows(&mut self, train: &SplitData, batch: &[usize], rng: &mut ChaCha8Rng) -> Result<Vec<f32>>;
+}
+
+/// The cached features of the original images: retrain.py without distortions.
+pub struct Originals;
+
+impl TrainFeatures for Originals {
+    fn rows(&mut self, train: &SplitData, batch: &[usize], _rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
+        let mut x = Vec::with_capacity(batch.len() * train.dim);
+        for &i in batch {
+            x.extend_from_slice(train.row(i));
+        }
+        Ok(x)
+    }
+}
+
+/// Cached distorted variants: each sample is the original image or one of its `K`
+/// variants, uniformly.
+pub struct CachedVariants {
+    /// Per training image, its variants' rows `[K_i, dim]` (fewer where some could not be made).
+    pub variants: Vec<Vec<f32>>,
+}
+
+impl TrainFeatures for CachedVariants {
+    fn rows(&mut self, train: &SplitData, batch: &[usize], rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
+        let dim = train.dim;
+        let mut x = Vec::with_capacity(batch.len() * dim);
+        for &i in batch {
+            let stored = self.variants.get(i).map_or(0, |v| v.len() / dim);
+            match rng.gen_range(0..=stored) {
+                0 => x.extend_from_slice(train.row(i)),
+                k => x.extend_from_slice(&self.variants[i][(k - 1) * dim..k * dim]),
+            }
+        }
+        Ok(x)
+    }
 }
 
 /// retrain.py's initial weights: truncated normal (stddev 0.001, cut at 2 stddev), zero bias.
@@ -158,6 +207,7 @@ pub fn train_head(
     config: &TrainConfig,
     classes: usize,
     train: &SplitData,
+    features: &mut dyn TrainFeatures,
     validation: &SplitData,
     intermediate_every: usize,
     mut on_event: impl FnMut(&TrainEvent, &HeadWeights) -> Result<()>,
@@ -193,14 +243,13 @@ pub fn train_head(
 
     for step in 0..config.steps {
         let batch = balanced_batch(&mut rng, &train_by_class, config.train_batch_size);
-        let mut x = Vec::with_capacity(batch.len() * dim);
+        let rows = features.rows(train, &batch, &mut rng)?;
         let mut onehot = vec![0f32; batch.len() * classes];
         for (row, &i) in batch.iter().enumerate() {
-            x.extend_from_slice(train.row(i));
             onehot[row * classes + train.labels[i]] = 1.0;
         }
         let n = batch.len();
-        let x = Tensor::<2>::from_data(BurnData::new(x, [n, dim]), &device);
+        let x = Tensor::<2>::from_data(BurnData::new(rows.clone(), [n, dim]), &device);
         let y = Tensor::<2>::from_data(BurnData::new(onehot, [n, classes]), &device);
         let loss = (log_softmax(head.forward(x), 1) * y).sum().neg() / n as f32;
         let grads = GradientsParams::from_grads(loss.backward(), &head);
@@ -209,7 +258,10 @@ pub fn train_head(
         let last = step + 1 == config.steps;
         if step % interval == 0 || last {
             let weights = head.to_weights()?;
-            let (train_accuracy, cross_entropy) = score(&weights, train, &batch);
+            // On the rows the step trained on (distorted ones, where distortions are on).
+            let batch_rows: Vec<&[f32]> = rows.chunks_exact(dim).collect();
+            let batch_labels: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
+            let (train_accuracy, cross_entropy) = score_rows(&weights, &batch_rows, &batch_labels);
             let validation_indices = if validation.is_empty() {
                 Vec::new()
             } else if config.validation_batch_size < 0 {
@@ -288,7 +340,7 @@ mod tests {
     fn learns_separable_classes() {
         let train = blobs(90, 1);
         let validation = blobs(30, 2);
-        let result = train_head(&config(7), 3, &train, &validation, 0, |_, _| Ok(())).unwrap();
+        let result = train_head(&config(7), 3, &train, &mut Originals, &validation, 0, |_, _| Ok(())).unwrap();
         let all: Vec<usize> = (0..validation.len()).collect();
         let (acc, _) = score(&result.head, &validation, &all);
         assert_eq!(acc, 1.0);
@@ -300,9 +352,9 @@ mod tests {
     fn same_seed_same_weights_bit_for_bit() {
         let train = blobs(60, 3);
         let validation = blobs(12, 4);
-        let a = train_head(&config(11), 3, &train, &validation, 0, |_, _| Ok(())).unwrap();
-        let b = train_head(&config(11), 3, &train, &validation, 0, |_, _| Ok(())).unwrap();
-        let c = train_head(&config(12), 3, &train, &validation, 0, |_, _| Ok(())).unwrap();
+        let a = train_head(&config(11), 3, &train, &mut Originals, &validation, 0, |_, _| Ok(())).unwrap();
+        let b = train_head(&config(11), 3, &train, &mut Originals, &validation, 0, |_, _| Ok(())).unwrap();
+        let c = train_head(&config(12), 3, &train, &mut Originals, &validation, 0, |_, _| Ok(())).unwrap();
         let bits = |h: &HeadWeights| {
             h.weight
                 .iter()

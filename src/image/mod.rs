@@ -1,7 +1,8 @@
-//! Images: decoding any supported file to RGB, preprocessing for a backbone, augmentation.
+//! Images: decoding any supported file to RGB, preprocessing for a backbone, augmentation, distortions.
 
 pub mod augment;
 pub mod decode;
+pub mod distort;
 pub mod preprocess;
 
 pub use decode::{

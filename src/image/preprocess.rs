@@ -21,7 +21,16 @@ pub fn center_crop_box(width: u32, height: u32, crop_fraction: f64) -> (f64, f64
 
 /// Crops and resizes `rgb` to `p.size x p.size` pixels (8-bit RGB).
 pub fn crop_resize(rgb: &RgbImage, p: &Preprocess) -> Result<RgbImage> {
-    let (left, top, side) = center_crop_box(rgb.width(), rgb.height(), p.crop_fraction);
+    resize_box(
+        rgb,
+        p,
+        center_crop_box(rgb.width(), rgb.height(), p.crop_fraction),
+    )
+}
+
+/// Resizes the square `(left, top, side)` of `rgb` (source pixels, fractional) to
+/// `p.size x p.size` pixels with the backbone's filter.
+pub fn resize_box(rgb: &RgbImage, p: &Preprocess, (left, top, side): (f64, f64, f64)) -> Result<RgbImage> {
     let filter = match p.filter {
         Filter::Bilinear => FilterType::Bilinear,
         // PIL's BICUBIC is the Catmull-Rom kernel (a = -0.5).
@@ -39,11 +48,17 @@ pub fn crop_resize(rgb: &RgbImage, p: &Preprocess) -> Result<RgbImage> {
 
 /// Writes the normalised planes of an already-sized image into `out` (`[3, H, W]`).
 pub fn normalize_into(sized: &RgbImage, p: &Preprocess, out: &mut [f32]) {
+    normalize_scaled_into(sized, p, 1.0, out);
+}
+
+/// [`normalize_into`] with every pixel value multiplied by `brightness` first (unclipped,
+/// as retrain.py's brightness distortion). A factor of 1 changes no bit.
+pub fn normalize_scaled_into(sized: &RgbImage, p: &Preprocess, brightness: f32, out: &mut [f32]) {
     let plane = (sized.width() * sized.height()) as usize;
     let scale = p.std.map(|s| 1.0 / s);
     for (i, px) in sized.pixels().enumerate() {
         for c in 0..3 {
-            out[c * plane + i] = (f32::from(px.0[c]) - p.mean[c]) * scale[c];
+            out[c * plane + i] = (f32::from(px.0[c]) * brightness - p.mean[c]) * scale[c];
         }
     }
 }
