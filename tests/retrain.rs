@@ -205,19 +205,28 @@ fn read_json(path: &Path) -> Value {
 
 /// `(hits, extracted)` from the "features: H from cache, X extracted" line.
 fn feature_counts(run: &Run) -> (usize, usize) {
+    counts_of(run, "features")
+}
+
+/// `(hits, extracted)` from the "WHAT: H from cache, X extracted" line.
+fn counts_of(run: &Run, what: &str) -> (usize, usize) {
+    let prefix = format!("{what}: ");
     let line = run
         .stderr
         .lines()
-        .find(|l| l.starts_with("features: "))
-        .unwrap_or_else(|| panic!("no 'features:' line:\n{}", run.both()));
-    let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
-    // ["features:", H, "from", "cache", X, "extracted", ...]
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no '{prefix}' line:\n{}", run.both()));
+    let words: Vec<&str> = line[prefix.len()..]
+        .split([' ', ','])
+        .filter(|w| !w.is_empty())
+        .collect();
+    // [H, "from", "cache", X, "extracted", ...]
     assert_eq!(
-        (words[2], words[3], words[5]),
+        (words[1], words[2], words[4]),
         ("from", "cache", "extracted"),
         "{line}"
     );
-    (words[1].parse().unwrap(), words[4].parse().unwrap())
+    (words[0].parse().unwrap(), words[3].parse().unwrap())
 }
 
 /// Entries reported by `graft cache stats`.
@@ -893,4 +902,183 @@ fn cache_stats_and_clear_report_counts() {
         (0, 10),
         "a cleared cache is recomputed"
     );
+}
+
+const DISTORT: [&str; 7] = [
+    "--flip-left-right",
+    "--random-crop",
+    "10",
+    "--random-scale",
+    "10",
+    "--random-brightness",
+    "10",
+];
+
+#[test]
+fn distorted_variants_are_extracted_once_for_training_images_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    class_folders(&data, &THREE, 8);
+    let bottlenecks = tmp.path().join("bottlenecks");
+    let head = |name: &str| std::fs::read(tmp.path().join(name).join("head.safetensors")).unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let mut args = vec![s(&data), "--seed", "5"];
+        if !extra.contains(&"--random-brightness") {
+            args.extend_from_slice(&DISTORT);
+        }
+        args.extend_from_slice(extra);
+        let run = train(tmp.path(), &bottlenecks, &tmp.path().join(name), &args);
+        run.assert_code(0);
+        run
+    };
+
+    let first = run("a", &["--distorted-variants", "2"]);
+    let manifest = read_json(&tmp.path().join("a/manifest.json"));
+    let n_train = manifest["split_sizes"]["train"].as_u64().unwrap() as usize;
+    assert!(n_train > 0 && n_train < 24, "{manifest}");
+    assert_eq!(manifest["training"]["distortion_mode"], "cached");
+    assert_eq!(manifest["training"]["random_crop"], 10.0);
+    assert_eq!(feature_counts(&first), (0, 24));
+    // Two variants of each training image; validation and test images get none.
+    assert_eq!(counts_of(&first, "distorted variants"), (0, 2 * n_train));
+    assert_eq!(cache_entries(tmp.path(), &bottlenecks), (24 + 2 * n_train) as u64);
+
+    // Same flags, same seed: every variant from the cache, the same head bit for bit.
+    let second = run("b", &["--distorted-variants", "2"]);
+    assert_eq!(counts_of(&second, "distorted variants"), (2 * n_train, 0));
+    assert!(head("a") == head("b"), "same seed and variants: the heads differ");
+
+    // More variants extend the set: the first two are the same ones.
+    let more = run("c", &["--distorted-variants", "3"]);
+    assert_eq!(counts_of(&more, "distorted variants"), (2 * n_train, n_train));
+
+    // Other parameters are other variants.
+    let other = run(
+        "d",
+        &[
+            "--distorted-variants",
+            "1",
+            "--flip-left-right",
+            "--random-crop",
+            "10",
+            "--random-scale",
+            "10",
+            "--random-brightness",
+            "20",
+        ],
+    );
+    assert_eq!(counts_of(&other, "distorted variants"), (0, n_train));
+}
+
+#[test]
+fn online_distortion_runs_the_network_every_step_and_stores_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    class_folders(&data, &THREE, 4);
+    let bottlenecks = tmp.path().join("bottlenecks");
+    let mut args = vec![
+        "train",
+        s(&data),
+        "--backbone",
+        BACKBONE,
+        "--bottleneck-dir",
+        s(&bottlenecks),
+        "-o",
+        "m",
+        "--distortion-mode",
+        "online",
+        "--how-many-training-steps",
+        "3",
+        "--train-batch-size",
+        "4",
+    ];
+    args.extend_from_slice(&DISTORT);
+    let run = graft(tmp.path(), &args);
+    run.assert_code(0);
+    assert!(!run.stderr.contains("distorted variants:"), "{}", run.both());
+    assert_eq!(cache_entries(tmp.path(), &bottlenecks), 12);
+    let manifest = read_json(&tmp.path().join("m/manifest.json"));
+    assert_eq!(manifest["training"]["distortion_mode"], "online");
+    assert_eq!(manifest["training"]["flip_left_right"], true);
+}
+
+#[test]
+fn bad_distortion_flags_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    class_folders(&data, &THREE, 3);
+    let bottlenecks = tmp.path().join("bottlenecks");
+    let out = tmp.path().join("m");
+    train(tmp.path(), &bottlenecks, &out, &[s(&data), "--random-brightness", "150"])
+        .assert_error(&["--random-brightness 150", "0 to 100"]);
+    train(
+        tmp.path(),
+        &bottlenecks,
+        &out,
+        &[s(&data), "--flip-left-right", "--distorted-variants", "0"],
+    )
+    .assert_error(&["--distorted-variants 0", "--distortion-mode online"]);
+    assert!(!out.exists(), "a refused run wrote a model");
+}
+
+#[test]
+fn test_time_augmentation_averages_views_in_predict_and_evaluate() {
+    let shared = shared();
+    shared.run.assert_code(0);
+    let tmp = tempfile::tempdir().unwrap();
+    let bottlenecks = tmp.path().join("bottlenecks");
+    let banana = photos("Fruit/Banana", 10).pop().unwrap();
+    let predict = |tta: &str| {
+        let run = graft(
+            tmp.path(),
+            &[
+                "predict",
+                s(&shared.model),
+                s(&banana),
+                "--format",
+                "json",
+                "--top-k",
+                "3",
+                "--tta",
+                tta,
+            ],
+        );
+        run.assert_code(0);
+        let json: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.both()));
+        json
+    };
+    let score = |json: &Value| json[0]["top"][0]["score"].as_f64().unwrap();
+    let plain = graft(
+        tmp.path(),
+        &["predict", s(&shared.model), s(&banana), "--format", "json", "--top-k", "3"],
+    );
+    let plain: Value = serde_json::from_str(&plain.stdout).unwrap();
+    let one = predict("1");
+    let ten = predict("10");
+    assert_eq!(one, plain, "--tta 1 must be plain prediction");
+    assert_eq!(ten[0]["top"][0]["label"], "Banana", "{ten}");
+    assert_ne!(score(&ten), score(&one), "ten views averaged to the very same score");
+
+    graft(tmp.path(), &["predict", s(&shared.model), s(&banana), "--tta", "11"])
+        .assert_error(&["--tta 11", "10 views"]);
+
+    let eval_dir = tmp.path().join("eval");
+    let run = graft(
+        tmp.path(),
+        &[
+            "evaluate",
+            s(&shared.model),
+            s(&shared.data),
+            "--tta",
+            "4",
+            "--bottleneck-dir",
+            s(&bottlenecks),
+            "--output-dir",
+            s(&eval_dir),
+        ],
+    );
+    run.assert_code(0);
+    assert_eq!(read_json(&eval_dir.join("metrics.json"))["samples"], 24);
+    // The original of each image plus three test-time views, all cached.
+    assert_eq!(cache_entries(tmp.path(), &bottlenecks), 24 * 4);
 }

@@ -375,4 +375,23 @@ mod tests {
         let from_small = batch.iter().filter(|&&i| i >= 100).count();
         assert!((800..1200).contains(&from_small), "{from_small}");
     }
+
+    #[test]
+    fn cached_variants_sample_the_original_and_every_variant() {
+        let mut train = SplitData {
+            dim: 1,
+            ..Default::default()
+        };
+        train.push(&[0.0], 0);
+        // Image 0 has variants 1.0 and 2.0.
+        let mut variants = CachedVariants {
+            variants: vec![vec![1.0, 2.0]],
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let rows = variants.rows(&train, &[0; 3000], &mut rng).unwrap();
+        for v in [0.0, 1.0, 2.0] {
+            let n = rows.iter().filter(|&&r| r == v).count();
+            assert!((800..1200).contains(&n), "{v}: {n} of 3000");
+        }
+    }
 }
