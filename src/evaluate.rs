@@ -19,7 +19,8 @@ pub struct EvaluateOptions {
     pub bundle: PathBuf,
     pub source: ImageSource,
     pub bottleneck_dir: PathBuf,
-    pub batch_size: usize,
+    /// Images per forward pass (`None`: the backbone's preferred size).
+    pub batch_size: Option<usize>,
     /// Test-time views averaged per image (1: none).
     pub tta: usize,
     pub output_dir: PathBuf,

@@ -210,6 +210,16 @@ impl Backbone {
         }
     }
 
+    /// Images per forward pass when the user does not choose: the fastest measured for
+    /// this backbone on its engine.
+    pub fn preferred_batch_size(&self) -> usize {
+        let batch = self.spec().batch;
+        match self.engine() {
+            Engine::Burn => batch.burn,
+            Engine::Onnxruntime => batch.onnxruntime,
+        }
+    }
+
     /// The engine this backbone runs on.
     pub fn engine(&self) -> Engine {
         match self.net {

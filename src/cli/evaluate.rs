@@ -33,9 +33,10 @@ pub struct Args {
     /// Feature cache folder (default: <graft home>/bottlenecks).
     #[arg(long)]
     bottleneck_dir: Option<PathBuf>,
-    /// Images per backbone forward pass (1 is fastest with the pure-Rust CPU engine, measured).
-    #[arg(long, default_value_t = 1)]
-    batch_size: usize,
+    /// Images per backbone forward pass (default: the fastest measured for the backbone
+    /// on its engine; 1 for the EfficientNet-Lite models).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Test-time augmentation: average the softmax over N views of each image (1 = off;
     /// up to 10: original, mirror, four 90% corner crops and their mirrors).
     #[arg(long, default_value_t = 1, value_name = "N")]

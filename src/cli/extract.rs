@@ -25,9 +25,10 @@ pub struct Args {
     /// Where to write the features (safetensors).
     #[arg(long, short)]
     output: PathBuf,
-    /// Images per forward pass (1 is fastest with the pure-Rust CPU engine, measured).
-    #[arg(long, default_value_t = 1)]
-    batch_size: usize,
+    /// Images per backbone forward pass (default: the fastest measured for the backbone
+    /// on its engine; 1 for the EfficientNet-Lite models).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Feature cache folder (default: <graft home>/bottlenecks).
     #[arg(long)]
     bottleneck_dir: Option<PathBuf>,
@@ -110,10 +111,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     file.save(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!(
-        "extracted {} images with {} on {} in {:.1}s: {:.2} images/s; wrote {} ({} rows)",
+        "extracted {} images with {} on {} (batch {}) in {:.1}s: {:.2} images/s; wrote {} ({} rows)",
         processed,
         id,
         backbone.engine(),
+        options.batch_for(&backbone),
         seconds,
         processed as f64 / seconds.max(1e-9),
         args.output.display(),

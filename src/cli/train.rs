@@ -68,10 +68,10 @@ pub struct Args {
     /// Where intermediate models go (default: <output>-intermediate).
     #[arg(long)]
     intermediate_output_dir: Option<PathBuf>,
-    /// Images per backbone forward pass during feature extraction (1 is fastest with
-    /// the pure-Rust CPU engine, measured).
-    #[arg(long, default_value_t = 1)]
-    batch_size: usize,
+    /// Images per backbone forward pass (default: the fastest measured for the backbone
+    /// on its engine; 1 for the EfficientNet-Lite models).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Distortion: mirror training images left to right at random (retrain.py's
     /// --flip_left_right).
     #[arg(long)]

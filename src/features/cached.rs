@@ -150,7 +150,7 @@ pub fn cached_views(
         .collect();
     // One durable commit per batch, before the batch is reported done: a kill loses at
     // most the batch in flight.
-    let commit_every = options.batch_size.max(1);
+    let commit_every = options.batch_for(backbone);
     let mut pending: Vec<([u8; 32], Vec<f32>)> = Vec::with_capacity(commit_every);
     let mut extracted = 0usize;
     let report = extract_views(backbone, paths, &jobs, options, stage, progress, |image| {

@@ -17,17 +17,24 @@ use crate::progress::Progress;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ExtractOptions {
-    /// Images per forward pass.
-    pub batch_size: usize,
+    /// Images per forward pass; `None`: the backbone's preferred size on its engine.
+    pub batch_size: Option<usize>,
     pub limits: DecodeLimits,
 }
 
+impl ExtractOptions {
+    /// The batch size to run `backbone` with.
+    pub fn batch_for(&self, backbone: &Backbone) -> usize {
+        self.batch_size
+            .unwrap_or_else(|| backbone.preferred_batch_size())
+            .max(1)
+    }
+}
+
 impl Default for ExtractOptions {
-    /// Batch 1: with burn's `flex` CPU engine larger batches run slower per image
-    /// (lite2, 100 photos: 15.7 images/s at batch 1, 15.2 at 4, 13.9 at 8).
     fn default() -> Self {
         ExtractOptions {
-            batch_size: 1,
+            batch_size: None,
             limits: DecodeLimits::default(),
         }
     }
@@ -110,7 +117,7 @@ pub fn extract_views(
     let spec = backbone.spec();
     let preprocess_spec = spec.preprocess;
     let per_image = 3 * (preprocess_spec.size * preprocess_spec.size) as usize;
-    let batch_size = options.batch_size.max(1);
+    let batch_size = options.batch_for(backbone);
     let mut report = ExtractReport::default();
     progress.begin(stage, jobs.len() as u64);
 
