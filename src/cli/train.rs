@@ -93,8 +93,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = DistortionMode::Cached)]
     distortion_mode: DistortionMode,
     /// Distorted variants per training image in cached mode. 16 matched online mode's
-    /// validation accuracy at equal steps on the grocery photos for a sixth of its
-    /// forward passes (README, "Distortions").
+    /// validation accuracy at equal steps (1000) on the grocery photos, with a third of the
+    /// forward passes of those 1000 online steps (README, "Distortions").
     #[arg(long, default_value_t = 16, value_name = "K")]
     distorted_variants: usize,
 }
