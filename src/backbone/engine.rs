@@ -121,7 +121,7 @@ fn activate<const D: usize>(x: Tensor<D>, activation: Activation) -> Tensor<D> {
     match activation {
         Activation::None => x,
         Activation::Relu => relu(x),
-        Activation::Relu6 => x.clamp(0.0, 6.0),
+        Activation::Relu6 => relu(x).clamp_max(6.0),
     }
 }
 
