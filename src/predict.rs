@@ -107,30 +107,47 @@ impl Predictor {
     ) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
         let tta = check_tta(tta)?;
         let jobs: Vec<Job> = (0..paths.len())
-            .flat_map(|image| (0..tta).map(move |v| Job { image, view: View::test_time(v) }))
+            .flat_map(|image| {
+                (0..tta).map(move |v| Job {
+                    image,
+                    view: View::test_time(v),
+                })
+            })
             .collect();
         let mut predictions = Vec::with_capacity(paths.len());
         // The views of one image arrive together, in order.
         let mut views: Vec<Vec<f32>> = Vec::with_capacity(tta);
-        let stage = if tta > 1 { "classifying views" } else { "extracting" };
-        let report = extract_views(&self.backbone, paths, &jobs, options, stage, progress, |out| {
-            views.push(out.features.to_vec());
-            if views.len() < tta {
-                return Ok(());
-            }
-            let path = &paths[jobs[out.index].image];
-            let probs = self.mean_probabilities(views.iter().map(Vec::as_slice));
-            views.clear();
-            predictions.push(Prediction {
-                path: path.clone(),
-                image_id: path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                top: self.scored(&probs, k.max(1)),
-            });
-            Ok(())
-        })?;
+        let stage = if tta > 1 {
+            "classifying views"
+        } else {
+            "extracting"
+        };
+        let report = extract_views(
+            &self.backbone,
+            paths,
+            &jobs,
+            options,
+            stage,
+            progress,
+            |out| {
+                views.push(out.features.to_vec());
+                if views.len() < tta {
+                    return Ok(());
+                }
+                let path = &paths[jobs[out.index].image];
+                let probs = self.mean_probabilities(views.iter().map(Vec::as_slice));
+                views.clear();
+                predictions.push(Prediction {
+                    path: path.clone(),
+                    image_id: path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    top: self.scored(&probs, k.max(1)),
+                });
+                Ok(())
+            },
+        )?;
         Ok((predictions, report.skipped))
     }
 }

@@ -70,7 +70,9 @@ pub struct RetrainOptions {
 }
 
 /// How training-time distortions reach the head.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DistortionMode {
     /// Each training image gets K distorted variants, extracted once and kept in the
@@ -573,7 +575,12 @@ struct OnlineDistortions<'a> {
 }
 
 impl TrainFeatures for OnlineDistortions<'_> {
-    fn rows(&mut self, train: &SplitData, batch: &[usize], _rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
+    fn rows(
+        &mut self,
+        train: &SplitData,
+        batch: &[usize],
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<f32>> {
         let size = self.backbone.spec().preprocess.size;
         let jobs: Vec<Job> = batch
             .iter()

@@ -941,16 +941,25 @@ fn distorted_variants_are_extracted_once_for_training_images_only() {
     assert_eq!(feature_counts(&first), (0, 24));
     // Two variants of each training image; validation and test images get none.
     assert_eq!(counts_of(&first, "distorted variants"), (0, 2 * n_train));
-    assert_eq!(cache_entries(tmp.path(), &bottlenecks), (24 + 2 * n_train) as u64);
+    assert_eq!(
+        cache_entries(tmp.path(), &bottlenecks),
+        (24 + 2 * n_train) as u64
+    );
 
     // Same flags, same seed: every variant from the cache, the same head bit for bit.
     let second = run("b", &["--distorted-variants", "2"]);
     assert_eq!(counts_of(&second, "distorted variants"), (2 * n_train, 0));
-    assert!(head("a") == head("b"), "same seed and variants: the heads differ");
+    assert!(
+        head("a") == head("b"),
+        "same seed and variants: the heads differ"
+    );
 
     // More variants extend the set: the first two are the same ones.
     let more = run("c", &["--distorted-variants", "3"]);
-    assert_eq!(counts_of(&more, "distorted variants"), (2 * n_train, n_train));
+    assert_eq!(
+        counts_of(&more, "distorted variants"),
+        (2 * n_train, n_train)
+    );
 
     // Other parameters are other variants.
     let other = run(
@@ -995,7 +1004,11 @@ fn online_distortion_runs_the_network_every_step_and_stores_nothing() {
     args.extend_from_slice(&DISTORT);
     let run = graft(tmp.path(), &args);
     run.assert_code(0);
-    assert!(!run.stderr.contains("distorted variants:"), "{}", run.both());
+    assert!(
+        !run.stderr.contains("distorted variants:"),
+        "{}",
+        run.both()
+    );
     assert_eq!(cache_entries(tmp.path(), &bottlenecks), 12);
     let manifest = read_json(&tmp.path().join("m/manifest.json"));
     assert_eq!(manifest["training"]["distortion_mode"], "online");
@@ -1009,8 +1022,13 @@ fn bad_distortion_flags_are_refused() {
     class_folders(&data, &THREE, 3);
     let bottlenecks = tmp.path().join("bottlenecks");
     let out = tmp.path().join("m");
-    train(tmp.path(), &bottlenecks, &out, &[s(&data), "--random-brightness", "150"])
-        .assert_error(&["--random-brightness 150", "0 to 100"]);
+    train(
+        tmp.path(),
+        &bottlenecks,
+        &out,
+        &[s(&data), "--random-brightness", "150"],
+    )
+    .assert_error(&["--random-brightness 150", "0 to 100"]);
     train(
         tmp.path(),
         &bottlenecks,
@@ -1044,23 +1062,39 @@ fn test_time_augmentation_averages_views_in_predict_and_evaluate() {
             ],
         );
         run.assert_code(0);
-        let json: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.both()));
+        let json: Value =
+            serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.both()));
         json
     };
     let score = |json: &Value| json[0]["top"][0]["score"].as_f64().unwrap();
     let plain = graft(
         tmp.path(),
-        &["predict", s(&shared.model), s(&banana), "--format", "json", "--top-k", "3"],
+        &[
+            "predict",
+            s(&shared.model),
+            s(&banana),
+            "--format",
+            "json",
+            "--top-k",
+            "3",
+        ],
     );
     let plain: Value = serde_json::from_str(&plain.stdout).unwrap();
     let one = predict("1");
     let ten = predict("10");
     assert_eq!(one, plain, "--tta 1 must be plain prediction");
     assert_eq!(ten[0]["top"][0]["label"], "Banana", "{ten}");
-    assert_ne!(score(&ten), score(&one), "ten views averaged to the very same score");
+    assert_ne!(
+        score(&ten),
+        score(&one),
+        "ten views averaged to the very same score"
+    );
 
-    graft(tmp.path(), &["predict", s(&shared.model), s(&banana), "--tta", "11"])
-        .assert_error(&["--tta 11", "10 views"]);
+    graft(
+        tmp.path(),
+        &["predict", s(&shared.model), s(&banana), "--tta", "11"],
+    )
+    .assert_error(&["--tta 11", "10 views"]);
 
     let eval_dir = tmp.path().join("eval");
     let run = graft(

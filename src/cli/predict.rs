@@ -98,7 +98,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         batch_size: args.batch_size,
         ..ExtractOptions::default()
     };
-    let (mut predictions, skipped) = predictor.predict_paths(&paths, args.top_k, args.tta, options, &bar)?;
+    let (mut predictions, skipped) =
+        predictor.predict_paths(&paths, args.top_k, args.tta, options, &bar)?;
     if matches!(args.format, Format::Csv) {
         // Submission rows in a stable order, whatever order the files were given in.
         predictions.sort_by(|a, b| a.image_id.cmp(&b.image_id).then(a.path.cmp(&b.path)));

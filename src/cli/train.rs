@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use graft::backbone::BackboneId;
 use graft::features::ExtractOptions;
 use graft::head::{Optimizer, TrainConfig, TrainEvent};
-use graft::progress::Progress;
 use graft::image::distort::Distortions;
+use graft::progress::Progress;
 use graft::retrain::{
     default_bottleneck_dir, retrain, DistortionMode, RetrainEvent, RetrainOptions,
 };

@@ -60,7 +60,15 @@ pub fn cached_features(
             }
         }
     }
-    let views = cached_views(backbone, cache, paths, &requests, options, "extracting", progress)?;
+    let views = cached_views(
+        backbone,
+        cache,
+        paths,
+        &requests,
+        options,
+        "extracting",
+        progress,
+    )?;
     let mut features = vec![None; paths.len()];
     for (request, f) in requests.iter().zip(views.features) {
         features[request.image] = f;

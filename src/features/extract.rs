@@ -97,7 +97,15 @@ pub fn extract(
             view: View::ORIGINAL,
         })
         .collect();
-    extract_views(backbone, paths, &jobs, options, "extracting", progress, sink)
+    extract_views(
+        backbone,
+        paths,
+        &jobs,
+        options,
+        "extracting",
+        progress,
+        sink,
+    )
 }
 
 /// Runs every job (a view of one of `paths`) through `backbone`, calling `sink` in job
@@ -169,30 +177,29 @@ pub fn extract_views(
 
         let mut reported: HashSet<usize> = HashSet::new();
         let mut pending: VecDeque<(usize, Vec<f32>)> = VecDeque::new();
-        let mut run_batch = |pending: &mut VecDeque<(usize, Vec<f32>)>,
-                             report: &mut ExtractReport|
-         -> Result<()> {
-            let n = pending.len().min(batch_size);
-            let mut pixels = Vec::with_capacity(n * per_image);
-            let mut indices = Vec::with_capacity(n);
-            for (index, p) in pending.drain(..n) {
-                pixels.extend_from_slice(&p);
-                indices.push(index);
-            }
-            let outputs = backbone.run(pixels, n)?;
-            let dim = outputs.features.len() / n;
-            let classes = outputs.logits.len() / n;
-            for (row, index) in indices.iter().enumerate() {
-                sink(ImageOutputs {
-                    index: *index,
-                    features: &outputs.features[row * dim..(row + 1) * dim],
-                    logits: &outputs.logits[row * classes..(row + 1) * classes],
-                })?;
-            }
-            report.processed += n;
-            progress.advance(n as u64);
-            Ok(())
-        };
+        let mut run_batch =
+            |pending: &mut VecDeque<(usize, Vec<f32>)>, report: &mut ExtractReport| -> Result<()> {
+                let n = pending.len().min(batch_size);
+                let mut pixels = Vec::with_capacity(n * per_image);
+                let mut indices = Vec::with_capacity(n);
+                for (index, p) in pending.drain(..n) {
+                    pixels.extend_from_slice(&p);
+                    indices.push(index);
+                }
+                let outputs = backbone.run(pixels, n)?;
+                let dim = outputs.features.len() / n;
+                let classes = outputs.logits.len() / n;
+                for (row, index) in indices.iter().enumerate() {
+                    sink(ImageOutputs {
+                        index: *index,
+                        features: &outputs.features[row * dim..(row + 1) * dim],
+                        logits: &outputs.logits[row * classes..(row + 1) * classes],
+                    })?;
+                }
+                report.processed += n;
+                progress.advance(n as u64);
+                Ok(())
+            };
         for prepared in rx {
             for (index, result) in prepared {
                 match result {

@@ -142,14 +142,24 @@ pub trait TrainFeatures {
     /// Rows `[batch.len(), dim]` (row-major) for training images `batch` (indices into
     /// the train split). `rng` is the training loop's stream, for implementations that
     /// choose among stored variants.
-    fn rows(&mut self, train: &SplitData, batch: &[usize], rng: &mut ChaCha8Rng) -> Result<Vec<f32>>;
+    fn rows(
+        &mut self,
+        train: &SplitData,
+        batch: &[usize],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<f32>>;
 }
 
 /// The cached features of the original images: retrain.py without distortions.
 pub struct Originals;
 
 impl TrainFeatures for Originals {
-    fn rows(&mut self, train: &SplitData, batch: &[usize], _rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
+    fn rows(
+        &mut self,
+        train: &SplitData,
+        batch: &[usize],
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<f32>> {
         let mut x = Vec::with_capacity(batch.len() * train.dim);
         for &i in batch {
             x.extend_from_slice(train.row(i));
@@ -166,7 +176,12 @@ pub struct CachedVariants {
 }
 
 impl TrainFeatures for CachedVariants {
-    fn rows(&mut self, train: &SplitData, batch: &[usize], rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
+    fn rows(
+        &mut self,
+        train: &SplitData,
+        batch: &[usize],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<f32>> {
         let dim = train.dim;
         let mut x = Vec::with_capacity(batch.len() * dim);
         for &i in batch {
@@ -340,7 +355,16 @@ mod tests {
     fn learns_separable_classes() {
         let train = blobs(90, 1);
         let validation = blobs(30, 2);
-        let result = train_head(&config(7), 3, &train, &mut Originals, &validation, 0, |_, _| Ok(())).unwrap();
+        let result = train_head(
+            &config(7),
+            3,
+            &train,
+            &mut Originals,
+            &validation,
+            0,
+            |_, _| Ok(()),
+        )
+        .unwrap();
         let all: Vec<usize> = (0..validation.len()).collect();
         let (acc, _) = score(&result.head, &validation, &all);
         assert_eq!(acc, 1.0);
@@ -352,9 +376,36 @@ mod tests {
     fn same_seed_same_weights_bit_for_bit() {
         let train = blobs(60, 3);
         let validation = blobs(12, 4);
-        let a = train_head(&config(11), 3, &train, &mut Originals, &validation, 0, |_, _| Ok(())).unwrap();
-        let b = train_head(&config(11), 3, &train, &mut Originals, &validation, 0, |_, _| Ok(())).unwrap();
-        let c = train_head(&config(12), 3, &train, &mut Originals, &validation, 0, |_, _| Ok(())).unwrap();
+        let a = train_head(
+            &config(11),
+            3,
+            &train,
+            &mut Originals,
+            &validation,
+            0,
+            |_, _| Ok(()),
+        )
+        .unwrap();
+        let b = train_head(
+            &config(11),
+            3,
+            &train,
+            &mut Originals,
+            &validation,
+            0,
+            |_, _| Ok(()),
+        )
+        .unwrap();
+        let c = train_head(
+            &config(12),
+            3,
+            &train,
+            &mut Originals,
+            &validation,
+            0,
+            |_, _| Ok(()),
+        )
+        .unwrap();
         let bits = |h: &HeadWeights| {
             h.weight
                 .iter()

@@ -222,7 +222,11 @@ mod tests {
 
     fn photo(width: u32, height: u32) -> RgbImage {
         RgbImage::from_fn(width, height, |x, y| {
-            ::image::Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, ((x + y) % 256) as u8])
+            ::image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 5 % 256) as u8,
+                ((x + y) % 256) as u8,
+            ])
         })
     }
 
@@ -243,7 +247,10 @@ mod tests {
         for _ in 0..5 {
             let view = none.draw(p.size, &mut rng);
             assert_eq!(view, View::ORIGINAL);
-            assert_eq!(prepare(&rgb, &p, &view).unwrap(), preprocess(&rgb, &p).unwrap());
+            assert_eq!(
+                prepare(&rgb, &p, &view).unwrap(),
+                preprocess(&rgb, &p).unwrap()
+            );
         }
         assert_eq!(none.variant(p.size, &[9; 32], 4), View::ORIGINAL);
         assert_eq!(
@@ -260,7 +267,10 @@ mod tests {
         assert_ne!(a, ALL.variant(260, &[2; 32], 3));
         let p = BackboneId::EfficientNetLite2.spec().preprocess;
         let rgb = photo(300, 400);
-        assert_eq!(prepare(&rgb, &p, &a).unwrap(), prepare(&rgb, &p, &a).unwrap());
+        assert_eq!(
+            prepare(&rgb, &p, &a).unwrap(),
+            prepare(&rgb, &p, &a).unwrap()
+        );
     }
 
     #[test]
@@ -273,7 +283,11 @@ mod tests {
             assert!((0.9..1.1).contains(&v.brightness), "{}", v.brightness);
             // scale in [1.1, 1.21), resized side int(scale * 224) in 246..=271 pixels, of
             // which the window keeps 224.
-            assert!(v.side <= 224.0 / 246.0 && v.side >= 224.0 / 271.0, "{}", v.side);
+            assert!(
+                v.side <= 224.0 / 246.0 && v.side >= 224.0 / 271.0,
+                "{}",
+                v.side
+            );
         }
         let dim = views.iter().filter(|v| v.brightness < 0.95).count();
         assert!(dim > 300, "{dim}");

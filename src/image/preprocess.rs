@@ -30,7 +30,11 @@ pub fn crop_resize(rgb: &RgbImage, p: &Preprocess) -> Result<RgbImage> {
 
 /// Resizes the square `(left, top, side)` of `rgb` (source pixels, fractional) to
 /// `p.size x p.size` pixels with the backbone's filter.
-pub fn resize_box(rgb: &RgbImage, p: &Preprocess, (left, top, side): (f64, f64, f64)) -> Result<RgbImage> {
+pub fn resize_box(
+    rgb: &RgbImage,
+    p: &Preprocess,
+    (left, top, side): (f64, f64, f64),
+) -> Result<RgbImage> {
     let filter = match p.filter {
         Filter::Bilinear => FilterType::Bilinear,
         // PIL's BICUBIC is the Catmull-Rom kernel (a = -0.5).
