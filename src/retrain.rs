@@ -250,7 +250,7 @@ pub fn retrain(
                     options,
                     &backbone,
                     &cache,
-                    &dataset,
+                    &paths,
                     &train_images,
                     &cached.hashes,
                     progress,
@@ -495,7 +495,7 @@ fn cached_variants(
     options: &RetrainOptions,
     backbone: &Backbone,
     cache: &FeatureCache,
-    dataset: &Dataset,
+    paths: &[PathBuf],
     train_images: &[usize],
     hashes: &[Option<[u8; 32]>],
     progress: &dyn Progress,
@@ -510,12 +510,14 @@ fn cached_variants(
         ));
     }
     let size = backbone.spec().preprocess.size;
-    let paths: Vec<PathBuf> = dataset.images.iter().map(|i| i.path.clone()).collect();
     let mut requests = Vec::with_capacity(train_images.len() * k_max);
-    for &image in train_images {
+    // The train row of each request.
+    let mut rows = Vec::with_capacity(train_images.len() * k_max);
+    for (row, &image) in train_images.iter().enumerate() {
         // Every training row had its features read, so its hash is known.
         let Some(hash) = hashes[image] else { continue };
         for k in 0..k_max {
+            rows.push(row);
             requests.push(ViewRequest {
                 image,
                 hash,
@@ -527,7 +529,7 @@ fn cached_variants(
     let views = cached_views(
         backbone,
         cache,
-        &paths,
+        paths,
         &requests,
         options.extract,
         "distorting",
@@ -547,14 +549,9 @@ fn cached_variants(
             skipped.reason
         )));
     }
-    let row_of: std::collections::HashMap<usize, usize> = train_images
-        .iter()
-        .enumerate()
-        .map(|(row, &image)| (image, row))
-        .collect();
     let mut variants = vec![Vec::new(); train_images.len()];
-    for (request, features) in requests.iter().zip(views.features) {
-        if let (Some(f), Some(&row)) = (features, row_of.get(&request.image)) {
+    for (&row, features) in rows.iter().zip(views.features) {
+        if let Some(f) = features {
             variants[row].extend_from_slice(&f);
         }
     }

@@ -200,10 +200,6 @@ fn name(v: Value) -> String {
     }
 }
 
-fn channels(shape: &Shape) -> usize {
-    shape.channels()
-}
-
 /// Serializes `graph` with the weights in `tensors` (as [`super::fold::fold_for_inference`]
 /// returns them) into an ONNX `ModelProto`.
 pub fn export(graph: &Graph, tensors: &TensorMap) -> Result<Vec<u8>> {
@@ -248,8 +244,8 @@ pub fn export(graph: &Graph, tensors: &TensorMap) -> Result<Vec<u8>> {
                 bias,
                 activation,
             } => {
-                let in_ch = channels(graph.shape(*input));
-                let out_ch = channels(&node.shape);
+                let in_ch = graph.shape(*input).channels();
+                let out_ch = node.shape.channels();
                 let wkey = format!("{key}.weight");
                 let groups = (*groups).max(1);
                 w.weight(&wkey, &[out_ch, in_ch / groups, kernel[0], kernel[1]])?;
@@ -290,7 +286,7 @@ pub fn export(graph: &Graph, tensors: &TensorMap) -> Result<Vec<u8>> {
                 }
             }
             Op::BatchNorm { input, key, eps } => {
-                let c = channels(&node.shape);
+                let c = node.shape.channels();
                 let keys: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
                     .iter()
                     .map(|n| format!("{key}.{n}"))
@@ -380,8 +376,8 @@ pub fn export(graph: &Graph, tensors: &TensorMap) -> Result<Vec<u8>> {
                 w.node("Add", &[&scaled, &shift_name], &out, &[]);
             }
             Op::Linear { input, key } => {
-                let in_len = channels(graph.shape(*input));
-                let out_len = channels(&node.shape);
+                let in_len = graph.shape(*input).channels();
+                let out_len = node.shape.channels();
                 let (wkey, bkey) = (format!("{key}.weight"), format!("{key}.bias"));
                 w.weight(&wkey, &[out_len, in_len])?;
                 w.weight(&bkey, &[out_len])?;
@@ -427,7 +423,7 @@ pub fn export(graph: &Graph, tensors: &TensorMap) -> Result<Vec<u8>> {
                 out_name,
                 &[
                     Dim::Named("batch"),
-                    Dim::Fixed(channels(graph.shape(value))),
+                    Dim::Fixed(graph.shape(value).channels()),
                 ],
             ),
         );

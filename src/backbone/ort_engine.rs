@@ -246,10 +246,7 @@ impl OrtNet {
                 return Err(Error::Engine("the graph input is not an image".into()))
             }
         };
-        let flat = |v| match graph.shape(v) {
-            Shape::Flat { len } => *len,
-            Shape::Map { channels, .. } => *channels,
-        };
+        let flat = |v| graph.shape(v).channels();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let failed = |e: String| Error::Engine(format!("onnxruntime: {e}"));
         let session = Session::builder(environment)

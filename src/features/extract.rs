@@ -79,7 +79,17 @@ pub struct Job {
     pub view: View,
 }
 
-type Prepared = Vec<(usize, Result<Vec<f32>>)>;
+/// Each job's network input, or why its image could not be used.
+type Prepared = Vec<(usize, std::result::Result<Vec<f32>, String>)>;
+
+/// The reason shown for a skipped image: the decoder's or file system's own words.
+fn skip_reason(err: &Error) -> String {
+    match err {
+        Error::Decode { reason, .. } => reason.trim().to_string(),
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
 
 /// Decodes, preprocesses and runs every file in `paths` through `backbone`, calling
 /// `sink` for each image that worked. Files that cannot be decoded are reported through
@@ -150,23 +160,18 @@ pub fn extract_views(
                     .par_iter()
                     .map(|range| {
                         let image = jobs[range.start].image;
-                        match decode_rgb8(&paths[image], options.limits) {
-                            Ok(rgb) => range
-                                .clone()
-                                .map(|j| (j, prepare(&rgb, &preprocess_spec, &jobs[j].view)))
-                                .collect(),
-                            Err(err) => {
-                                let reason = match &err {
-                                    Error::Decode { reason, .. } => reason.trim().to_string(),
-                                    Error::Io { source, .. } => source.to_string(),
-                                    other => other.to_string(),
-                                };
-                                range
-                                    .clone()
-                                    .map(|j| (j, Err(Error::Invalid(reason.clone()))))
-                                    .collect()
-                            }
-                        }
+                        let decoded = decode_rgb8(&paths[image], options.limits);
+                        range
+                            .clone()
+                            .map(|j| {
+                                let pixels =
+                                    decoded.as_ref().map_err(skip_reason).and_then(|rgb| {
+                                        prepare(rgb, &preprocess_spec, &jobs[j].view)
+                                            .map_err(|e| skip_reason(&e))
+                                    });
+                                (j, pixels)
+                            })
+                            .collect::<Prepared>()
                     })
                     .collect();
                 if tx.send(prepared.into_iter().flatten().collect()).is_err() {
@@ -204,13 +209,9 @@ pub fn extract_views(
             for (index, result) in prepared {
                 match result {
                     Ok(p) => pending.push_back((index, p)),
-                    Err(err) => {
+                    Err(reason) => {
                         let image = jobs[index].image;
                         if reported.insert(image) {
-                            let reason = match err {
-                                Error::Invalid(reason) => reason,
-                                other => other.to_string(),
-                            };
                             progress
                                 .message(&format!("skipped {}: {reason}", paths[image].display()));
                             report.skipped.push(Skipped {
