@@ -609,6 +609,10 @@ def cmd_check(args) -> None:
                  f"more than --tolerance {args.tolerance}: the tools do not compute the same thing")
 
 
+# graft's default onnxruntime batch per backbone where it is not 1 (src/backbone/spec.rs).
+DEFAULT_ORT_BATCH = {"inception-v3": 8}
+
+
 def cmd_table(args) -> None:
     """One row per tool (first-seen order): the range over rounds, and the ratio of means."""
     rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
@@ -620,8 +624,11 @@ def cmd_table(args) -> None:
             reasons[r["tool"]] = r.get("reason", "")
         else:
             tools[r["tool"]].append(r["images_per_s"])
-    # The reference is graft as it runs by default: onnxruntime, batch 1.
-    reference = next((v for t, v in tools.items() if t.startswith("graft onnxruntime (batch 1)") and v), None)
+    # The reference is graft as it runs by default: onnxruntime at the backbone's default batch
+    # (`--batch-size` not given; BackboneSpec::batch in src/backbone/spec.rs).
+    backbone = rows[0]["backbone"] if rows else ""
+    default = f"graft onnxruntime (batch {DEFAULT_ORT_BATCH.get(backbone, 1)})"
+    reference = next((v for t, v in tools.items() if t.startswith(default) and v), None)
     print("| tool | images/s | graft-onnxruntime / tool |")
     print("|---|---|---|")
     for tool, values in tools.items():
@@ -631,7 +638,8 @@ def cmd_table(args) -> None:
         speed = f"{min(values):.1f}" if min(values) == max(values) else f"{min(values):.1f}–{max(values):.1f}"
         mean = sum(values) / len(values)
         ratio = f"{sum(reference) / len(reference) / mean:.2f}" if reference else "?"
-        print(f"| {tool} | {speed} | {ratio} |")
+        mark = " (graft's default)" if tool.startswith(default) else ""
+        print(f"| {tool}{mark} | {speed} | {ratio} |")
 
 
 def main() -> None:
