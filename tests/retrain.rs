@@ -1046,30 +1046,9 @@ fn test_time_augmentation_averages_views_in_predict_and_evaluate() {
     let tmp = tempfile::tempdir().unwrap();
     let bottlenecks = tmp.path().join("bottlenecks");
     let banana = photos("Fruit/Banana", 10).pop().unwrap();
-    let predict = |tta: &str| {
-        let run = graft(
-            tmp.path(),
-            &[
-                "predict",
-                s(&shared.model),
-                s(&banana),
-                "--format",
-                "json",
-                "--top-k",
-                "3",
-                "--tta",
-                tta,
-            ],
-        );
-        run.assert_code(0);
-        let json: Value =
-            serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.both()));
-        json
-    };
-    let score = |json: &Value| json[0]["top"][0]["score"].as_f64().unwrap();
-    let plain = graft(
-        tmp.path(),
-        &[
+    // `extra`: more arguments after the common ones (none: plain prediction).
+    let predict = |extra: &[&str]| {
+        let mut args = vec![
             "predict",
             s(&shared.model),
             s(&banana),
@@ -1077,11 +1056,18 @@ fn test_time_augmentation_averages_views_in_predict_and_evaluate() {
             "json",
             "--top-k",
             "3",
-        ],
-    );
-    let plain: Value = serde_json::from_str(&plain.stdout).unwrap();
-    let one = predict("1");
-    let ten = predict("10");
+        ];
+        args.extend_from_slice(extra);
+        let run = graft(tmp.path(), &args);
+        run.assert_code(0);
+        let json: Value =
+            serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.both()));
+        json
+    };
+    let score = |json: &Value| json[0]["top"][0]["score"].as_f64().unwrap();
+    let plain = predict(&[]);
+    let one = predict(&["--tta", "1"]);
+    let ten = predict(&["--tta", "10"]);
     assert_eq!(one, plain, "--tta 1 must be plain prediction");
     assert_eq!(ten[0]["top"][0]["label"], "Banana", "{ten}");
     assert_ne!(

@@ -376,36 +376,19 @@ mod tests {
     fn same_seed_same_weights_bit_for_bit() {
         let train = blobs(60, 3);
         let validation = blobs(12, 4);
-        let a = train_head(
-            &config(11),
-            3,
-            &train,
-            &mut Originals,
-            &validation,
-            0,
-            |_, _| Ok(()),
-        )
-        .unwrap();
-        let b = train_head(
-            &config(11),
-            3,
-            &train,
-            &mut Originals,
-            &validation,
-            0,
-            |_, _| Ok(()),
-        )
-        .unwrap();
-        let c = train_head(
-            &config(12),
-            3,
-            &train,
-            &mut Originals,
-            &validation,
-            0,
-            |_, _| Ok(()),
-        )
-        .unwrap();
+        let train_seed = |seed| {
+            train_head(
+                &config(seed),
+                3,
+                &train,
+                &mut Originals,
+                &validation,
+                0,
+                |_, _| Ok(()),
+            )
+            .unwrap()
+        };
+        let (a, b, c) = (train_seed(11), train_seed(11), train_seed(12));
         let bits = |h: &HeadWeights| {
             h.weight
                 .iter()
