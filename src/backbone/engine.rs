@@ -2,17 +2,25 @@
 //! `flex` CPU backend.
 
 use burn::tensor::activation::relu;
-use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData as BurnData};
 
+use super::conv::DenseConv;
 use super::graph::{Activation, Graph, Op, Shape};
+use super::pool;
 use super::weights::TensorMap;
 use crate::error::{Error, Result};
 
 /// A prepared step: the graph op plus its weights already on the device.
 enum Step {
     Input,
+    /// `groups == 1`: graft's own im2col + gemm ([`super::conv`]).
+    DenseConv {
+        input: usize,
+        conv: DenseConv,
+    },
+    /// Grouped (depthwise) convolutions: burn's.
     Conv {
         input: usize,
         weight: Tensor<4>,
@@ -34,13 +42,17 @@ enum Step {
         a: usize,
         b: usize,
     },
+    /// graft's pooling ([`super::pool`]), as the dense convolution.
     MaxPool {
         input: usize,
-        options: MaxPoolOptions<2>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
     },
     AvgPool {
         input: usize,
-        options: AvgPoolOptions<2>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
     },
     GlobalAvgPool {
         input: usize,
@@ -97,6 +109,14 @@ fn tensor<const D: usize>(
     shape: [usize; D],
     device: &Device,
 ) -> Result<Tensor<D>> {
+    Ok(Tensor::from_data(
+        BurnData::new(values(tensors, key, shape)?, shape),
+        device,
+    ))
+}
+
+/// The values of weight `key`, checked against `shape`.
+fn values<const D: usize>(tensors: &TensorMap, key: &str, shape: [usize; D]) -> Result<Vec<f32>> {
     let t = tensors
         .get(key)
         .ok_or_else(|| Error::Invalid(format!("missing weight '{key}'")))?;
@@ -106,10 +126,17 @@ fn tensor<const D: usize>(
             t.data.len()
         )));
     }
-    Ok(Tensor::from_data(
-        BurnData::new(t.data.clone(), shape),
-        device,
-    ))
+    Ok(t.data.clone())
+}
+
+/// A map's values, row-major, and its `[batch, C, H, W]`.
+fn values_of(map: Tensor<4>) -> Result<(Vec<f32>, [usize; 4])> {
+    let shape = map.dims();
+    let values = map
+        .into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Engine(format!("{e:?}")))?;
+    Ok((values, shape))
 }
 
 fn per_channel(values: Vec<f32>, device: &Device) -> Tensor<4> {
@@ -144,6 +171,31 @@ impl BurnNet {
                 } => {
                     let in_ch = graph.shape(*input).channels();
                     let out = node.shape.channels();
+                    if *groups == 1 {
+                        let weight = values(
+                            tensors,
+                            &format!("{key}.weight"),
+                            [out, in_ch, kernel[0], kernel[1]],
+                        )?;
+                        let bias = if *bias {
+                            Some(values(tensors, &format!("{key}.bias"), [out])?)
+                        } else {
+                            None
+                        };
+                        steps.push(Step::DenseConv {
+                            input: input.0,
+                            conv: DenseConv::new(
+                                weight,
+                                bias,
+                                in_ch,
+                                *kernel,
+                                *stride,
+                                *padding,
+                                *activation,
+                            ),
+                        });
+                        continue;
+                    }
                     let weight = tensor(
                         tensors,
                         &format!("{key}.weight"),
@@ -205,7 +257,8 @@ impl BurnNet {
                     stride,
                 } => Step::MaxPool {
                     input: input.0,
-                    options: MaxPoolOptions::new(*kernel).with_stride(*stride),
+                    kernel: *kernel,
+                    stride: *stride,
                 },
                 Op::AvgPool {
                     input,
@@ -214,10 +267,9 @@ impl BurnNet {
                     padding,
                 } => Step::AvgPool {
                     input: input.0,
-                    options: AvgPoolOptions::new(*kernel)
-                        .with_stride(*stride)
-                        .with_padding(*padding)
-                        .with_count_include_pad(true),
+                    kernel: *kernel,
+                    stride: *stride,
+                    padding: *padding,
                 },
                 Op::GlobalAvgPool { input } => Step::GlobalAvgPool { input: input.0 },
                 Op::Concat { inputs } => Step::Concat {
@@ -293,6 +345,12 @@ impl BurnNet {
         for (now, step) in self.steps.iter().enumerate() {
             let out = match step {
                 Step::Input => Val::Map(pixels.take().ok_or_else(|| malformed("two inputs"))?),
+                Step::DenseConv { input, conv } => {
+                    let (x, [n, _, h, w]) = values_of(take_map(&mut values, *input, now)?)?;
+                    let y = conv.forward(&x, n, [h, w]);
+                    let [oh, ow] = conv.out_size([h, w]);
+                    Val::Map(self.map(y, [n, conv.out_channels(), oh, ow]))
+                }
                 Step::Conv {
                     input,
                     weight,
@@ -330,14 +388,27 @@ impl BurnNet {
                     let y = take_map(&mut values, *b, now)?;
                     Val::Map(x + y)
                 }
-                Step::MaxPool { input, options } => Val::Map(max_pool2d(
-                    take_map(&mut values, *input, now)?,
-                    options.clone(),
-                )),
-                Step::AvgPool { input, options } => Val::Map(avg_pool2d(
-                    take_map(&mut values, *input, now)?,
-                    options.clone(),
-                )),
+                Step::MaxPool {
+                    input,
+                    kernel,
+                    stride,
+                } => {
+                    let (x, [n, c, h, w]) = values_of(take_map(&mut values, *input, now)?)?;
+                    let [oh, ow] = pool::out_size([h, w], *kernel, *stride, [0, 0]);
+                    let y = pool::max_pool(&x, n * c, [h, w], *kernel, *stride);
+                    Val::Map(self.map(y, [n, c, oh, ow]))
+                }
+                Step::AvgPool {
+                    input,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let (x, [n, c, h, w]) = values_of(take_map(&mut values, *input, now)?)?;
+                    let [oh, ow] = pool::out_size([h, w], *kernel, *stride, *padding);
+                    let y = pool::avg_pool(&x, n * c, [h, w], *kernel, *stride, *padding);
+                    Val::Map(self.map(y, [n, c, oh, ow]))
+                }
                 Step::GlobalAvgPool { input } => {
                     let x = take_map(&mut values, *input, now)?;
                     let [n, c, _, _] = x.dims();
@@ -368,6 +439,11 @@ impl BurnNet {
             _ => Err(malformed("features and logits must be flat")),
         };
         Ok((flat(&values[self.features])?, flat(&values[self.logits])?))
+    }
+
+    /// `values` `[batch, C, H, W]` row-major as a tensor on this net's device.
+    fn map(&self, values: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
+        Tensor::from_data(BurnData::new(values, shape), &self.device)
     }
 
     /// Runs `batch` preprocessed images (`[batch, 3, H, W]` row-major) and reads the

@@ -1,5 +1,6 @@
 //! The networks: one definition each, their weights and the engines that run them.
 
+pub mod conv;
 pub mod efficientnet_lite;
 pub mod engine;
 pub mod fold;
@@ -9,6 +10,7 @@ pub mod imagenet;
 pub mod inception_v3;
 pub mod onnx;
 pub mod ort_engine;
+pub mod pool;
 pub mod pth;
 pub mod spec;
 pub mod weights;
