@@ -257,13 +257,24 @@ fn gemm_into(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Device, Tensor, TensorData};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    /// Every value of `got` within `tolerance` (relative, floored at 1) of `want`'s.
+    pub(crate) fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: output size");
+        for (j, (g, r)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - r).abs() <= tolerance * (1.0 + r.abs()),
+                "{what} value {j}: {g} vs {r}"
+            );
+        }
+    }
 
     fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
         (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
@@ -303,115 +314,17 @@ mod tests {
     fn matches_burn_conv2d_on_every_kernel_shape_graft_uses() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         // (batch, in, h, w, out, kernel, stride, padding, bias, activation)
+        #[rustfmt::skip]
         let cases = [
-            (
-                3,
-                5,
-                9,
-                11,
-                4,
-                [1, 1],
-                [1, 1],
-                [(0, 0), (0, 0)],
-                true,
-                Activation::Relu,
-            ),
-            (
-                1,
-                5,
-                9,
-                11,
-                4,
-                [1, 1],
-                [1, 1],
-                [(0, 0), (0, 0)],
-                false,
-                Activation::None,
-            ),
-            (
-                2,
-                3,
-                13,
-                12,
-                6,
-                [3, 3],
-                [2, 2],
-                [(0, 0), (0, 0)],
-                true,
-                Activation::Relu,
-            ),
-            (
-                4,
-                4,
-                10,
-                10,
-                5,
-                [3, 3],
-                [1, 1],
-                [(1, 1), (1, 1)],
-                true,
-                Activation::Relu6,
-            ),
-            (
-                3,
-                6,
-                8,
-                9,
-                7,
-                [1, 7],
-                [1, 1],
-                [(0, 0), (3, 3)],
-                true,
-                Activation::Relu,
-            ),
-            (
-                3,
-                6,
-                9,
-                8,
-                7,
-                [7, 1],
-                [1, 1],
-                [(3, 3), (0, 0)],
-                false,
-                Activation::Relu,
-            ),
-            (
-                1,
-                3,
-                15,
-                14,
-                8,
-                [3, 3],
-                [2, 2],
-                [(0, 1), (0, 1)],
-                true,
-                Activation::Relu6,
-            ),
-            (
-                2,
-                4,
-                7,
-                7,
-                3,
-                [5, 5],
-                [1, 1],
-                [(2, 2), (2, 2)],
-                true,
-                Activation::None,
-            ),
-            (
-                5,
-                2,
-                6,
-                6,
-                3,
-                [1, 1],
-                [2, 2],
-                [(0, 0), (0, 0)],
-                true,
-                Activation::Relu,
-            ),
+            (3, 5, 9, 11, 4, [1, 1], [1, 1], [(0, 0), (0, 0)], true, Activation::Relu),
+            (1, 5, 9, 11, 4, [1, 1], [1, 1], [(0, 0), (0, 0)], false, Activation::None),
+            (2, 3, 13, 12, 6, [3, 3], [2, 2], [(0, 0), (0, 0)], true, Activation::Relu),
+            (4, 4, 10, 10, 5, [3, 3], [1, 1], [(1, 1), (1, 1)], true, Activation::Relu6),
+            (3, 6, 8, 9, 7, [1, 7], [1, 1], [(0, 0), (3, 3)], true, Activation::Relu),
+            (3, 6, 9, 8, 7, [7, 1], [1, 1], [(3, 3), (0, 0)], false, Activation::Relu),
+            (1, 3, 15, 14, 8, [3, 3], [2, 2], [(0, 1), (0, 1)], true, Activation::Relu6),
+            (2, 4, 7, 7, 3, [5, 5], [1, 1], [(2, 2), (2, 2)], true, Activation::None),
+            (5, 2, 6, 6, 3, [1, 1], [2, 2], [(0, 0), (0, 0)], true, Activation::Relu),
         ];
         for (i, (batch, c_in, h, w, c_out, kernel, stride, padding, bias, activation)) in
             cases.into_iter().enumerate()
@@ -441,13 +354,7 @@ mod tests {
             );
             let [oh, ow] = conv.out_size([h, w]);
             assert_eq!(got.len(), batch * c_out * oh * ow, "case {i}: output size");
-            assert_eq!(got.len(), want.len(), "case {i}: burn's output size");
-            for (j, (g, r)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - r).abs() <= 1e-5 * (1.0 + r.abs()),
-                    "case {i} value {j}: {g} vs {r}"
-                );
-            }
+            assert_close(&got, &want, 1e-5, &format!("case {i}"));
         }
     }
 
@@ -483,8 +390,6 @@ mod tests {
             padding,
             Activation::None,
         );
-        for (g, r) in got.iter().zip(&want) {
-            assert!((g - r).abs() <= 1e-4 * (1.0 + r.abs()), "{g} vs {r}");
-        }
+        assert_close(&got, &want, 1e-4, "tiled");
     }
 }

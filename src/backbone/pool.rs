@@ -135,21 +135,12 @@ pub fn avg_pool(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backbone::conv::tests::assert_close;
     use burn::tensor::module::{avg_pool2d, max_pool2d};
     use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
     use burn::tensor::{Device, Tensor, TensorData};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
-
-    fn close(got: &[f32], want: &[f32], what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: output size");
-        for (j, (g, r)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (g - r).abs() <= 1e-6 * (1.0 + r.abs()),
-                "{what} value {j}: {g} vs {r}"
-            );
-        }
-    }
 
     #[test]
     fn matches_burn_pooling_on_the_shapes_graft_uses() {
@@ -175,9 +166,10 @@ mod tests {
                     .into_data()
                     .try_to_vec::<f32>()
                     .unwrap();
-                close(
+                assert_close(
                     &max_pool(&x, batch * c, [h, w], kernel, stride),
                     &want,
+                    1e-6,
                     &format!("max {what}"),
                 );
             }
@@ -191,9 +183,10 @@ mod tests {
             .into_data()
             .try_to_vec::<f32>()
             .unwrap();
-            close(
+            assert_close(
                 &avg_pool(&x, batch * c, [h, w], kernel, stride, padding),
                 &want,
+                1e-6,
                 &format!("avg {what}"),
             );
         }
