@@ -58,7 +58,7 @@ impl DenseConv {
     }
 
     /// Output height and width for an input of `[height, width]`.
-    pub fn out_size(&self, [height, width]: [usize; 2]) -> [usize; 2] {
+    fn out_size(&self, [height, width]: [usize; 2]) -> [usize; 2] {
         let side = |size: usize, d: usize| {
             let (begin, end) = self.padding[d];
             (size + begin + end).saturating_sub(self.kernel[d]) / self.stride[d] + 1
@@ -66,15 +66,15 @@ impl DenseConv {
         [side(height, 0), side(width, 1)]
     }
 
-    /// Maps `[batch, in, height, width]` -> `[batch, out, out_h, out_w]` (both row-major),
-    /// where `[out_h, out_w]` is [`DenseConv::out_size`].
-    pub fn forward(&self, input: &[f32], batch: usize, size: [usize; 2]) -> Vec<f32> {
+    /// Maps `[batch, in, height, width]` -> `[batch, out, out_h, out_w]` (both row-major);
+    /// returns the values and `[out_h, out_w]`.
+    pub fn forward(&self, input: &[f32], batch: usize, size: [usize; 2]) -> (Vec<f32>, [usize; 2]) {
         let out_size = self.out_size(size);
         let in_len = self.in_channels * size[0] * size[1];
         let out_len = self.out_channels() * out_size[0] * out_size[1];
         let mut output = vec![0f32; batch * out_len];
         if out_len == 0 || in_len == 0 {
-            return output;
+            return (output, out_size);
         }
         if batch >= rayon::current_num_threads() {
             // One image per task: no synchronisation inside a convolution.
@@ -87,7 +87,7 @@ impl DenseConv {
                 self.image(x, out, size, out_size, true);
             }
         }
-        output
+        (output, out_size)
     }
 
     /// One image: `x` `[in, H, W]` -> `out` `[out, H', W']`, on every thread if `parallel`.
@@ -341,7 +341,7 @@ pub(crate) mod tests {
                 padding,
                 activation,
             );
-            let got = conv.forward(&x, batch, [h, w]);
+            let (got, [oh, ow]) = conv.forward(&x, batch, [h, w]);
             let want = reference(
                 &x,
                 &weight,
@@ -352,7 +352,6 @@ pub(crate) mod tests {
                 padding,
                 activation,
             );
-            let [oh, ow] = conv.out_size([h, w]);
             assert_eq!(got.len(), batch * c_out * oh * ow, "case {i}: output size");
             assert_close(&got, &want, 1e-5, &format!("case {i}"));
         }
@@ -379,7 +378,7 @@ pub(crate) mod tests {
             c_in * 9 * h * w > MAX_COLUMN_VALUES,
             "the test must need several tiles"
         );
-        let got = conv.forward(&x, 1, [h, w]);
+        let (got, _) = conv.forward(&x, 1, [h, w]);
         let want = reference(
             &x,
             &weight,

@@ -347,8 +347,7 @@ impl BurnNet {
                 Step::Input => Val::Map(pixels.take().ok_or_else(|| malformed("two inputs"))?),
                 Step::DenseConv { input, conv } => {
                     let (x, [n, _, h, w]) = values_of(take_map(&mut values, *input, now)?)?;
-                    let y = conv.forward(&x, n, [h, w]);
-                    let [oh, ow] = conv.out_size([h, w]);
+                    let (y, [oh, ow]) = conv.forward(&x, n, [h, w]);
                     Val::Map(self.map(y, [n, conv.out_channels(), oh, ow]))
                 }
                 Step::Conv {
@@ -394,8 +393,7 @@ impl BurnNet {
                     stride,
                 } => {
                     let (x, [n, c, h, w]) = values_of(take_map(&mut values, *input, now)?)?;
-                    let [oh, ow] = pool::out_size([h, w], *kernel, *stride, [0, 0]);
-                    let y = pool::max_pool(&x, n * c, [h, w], *kernel, *stride);
+                    let (y, [oh, ow]) = pool::max_pool(&x, n * c, [h, w], *kernel, *stride);
                     Val::Map(self.map(y, [n, c, oh, ow]))
                 }
                 Step::AvgPool {
@@ -405,8 +403,8 @@ impl BurnNet {
                     padding,
                 } => {
                     let (x, [n, c, h, w]) = values_of(take_map(&mut values, *input, now)?)?;
-                    let [oh, ow] = pool::out_size([h, w], *kernel, *stride, *padding);
-                    let y = pool::avg_pool(&x, n * c, [h, w], *kernel, *stride, *padding);
+                    let (y, [oh, ow]) =
+                        pool::avg_pool(&x, n * c, [h, w], *kernel, *stride, *padding);
                     Val::Map(self.map(y, [n, c, oh, ow]))
                 }
                 Step::GlobalAvgPool { input } => {

@@ -15,7 +15,7 @@ fn out_side(size: usize, kernel: usize, stride: usize, pad: usize) -> usize {
 }
 
 /// Output `[height, width]` of a pooling.
-pub fn out_size(
+fn out_size(
     [height, width]: [usize; 2],
     kernel: [usize; 2],
     stride: [usize; 2],
@@ -27,8 +27,8 @@ pub fn out_size(
     ]
 }
 
-/// Planes `[planes, H, W]` -> `[planes, H', W']`, where each output value is `reduce` over
-/// the input values under its window (clipped to the image), then `finish`. Separable:
+/// Planes `[planes, H, W]` -> `[planes, H', W']` and `[H', W']`, where each output value is
+/// `reduce` over the input values under its window (clipped to the image), then `finish`. Separable:
 /// rows first into `[H, W']`, then columns, so both inner loops run along memory.
 #[allow(clippy::too_many_arguments)]
 fn pool(
@@ -41,12 +41,12 @@ fn pool(
     start: f32,
     reduce: impl Fn(f32, f32) -> f32 + Sync,
     finish: impl Fn(f32) -> f32 + Sync,
-) -> Vec<f32> {
+) -> (Vec<f32>, [usize; 2]) {
     let [h, w] = size;
     let [oh, ow] = out_size(size, kernel, stride, padding);
     let mut output = vec![0f32; planes * oh * ow];
     if oh * ow == 0 || h * w == 0 {
-        return output;
+        return (output, [oh, ow]);
     }
     // Outputs `o` whose tap `k` reads inside the input: `0 <= o * stride + k - pad < len`.
     let taps = |k: usize, d: usize, len: usize, out: usize| {
@@ -84,17 +84,17 @@ fn pool(
                 out.iter_mut().for_each(|v| *v = finish(*v));
             },
         );
-    output
+    (output, [oh, ow])
 }
 
-/// Max pooling without padding: `[planes, H, W]` -> `[planes, H', W']`.
+/// Max pooling without padding: `[planes, H, W]` -> `[planes, H', W']` and `[H', W']`.
 pub fn max_pool(
     input: &[f32],
     planes: usize,
     size: [usize; 2],
     kernel: [usize; 2],
     stride: [usize; 2],
-) -> Vec<f32> {
+) -> (Vec<f32>, [usize; 2]) {
     pool(
         input,
         planes,
@@ -109,7 +109,7 @@ pub fn max_pool(
 }
 
 /// Average pooling with zero padding counted in the denominator (PyTorch's default
-/// `count_include_pad=True`): `[planes, H, W]` -> `[planes, H', W']`.
+/// `count_include_pad=True`): `[planes, H, W]` -> `[planes, H', W']` and `[H', W']`.
 pub fn avg_pool(
     input: &[f32],
     planes: usize,
@@ -117,7 +117,7 @@ pub fn avg_pool(
     kernel: [usize; 2],
     stride: [usize; 2],
     padding: [usize; 2],
-) -> Vec<f32> {
+) -> (Vec<f32>, [usize; 2]) {
     let area = (kernel[0] * kernel[1]) as f32;
     pool(
         input,
@@ -167,7 +167,7 @@ mod tests {
                     .try_to_vec::<f32>()
                     .unwrap();
                 assert_close(
-                    &max_pool(&x, batch * c, [h, w], kernel, stride),
+                    &max_pool(&x, batch * c, [h, w], kernel, stride).0,
                     &want,
                     1e-6,
                     &format!("max {what}"),
@@ -184,7 +184,7 @@ mod tests {
             .try_to_vec::<f32>()
             .unwrap();
             assert_close(
-                &avg_pool(&x, batch * c, [h, w], kernel, stride, padding),
+                &avg_pool(&x, batch * c, [h, w], kernel, stride, padding).0,
                 &want,
                 1e-6,
                 &format!("avg {what}"),
