@@ -59,7 +59,8 @@ def multiply_adds(path: str) -> tuple[int, list[int], collections.Counter]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("onnx", help="a file from `graft export-onnx`")
-    parser.add_argument("--batch", default="8", help="batch size, or several separated by commas")
+    parser.add_argument("--batch", type=batch_sizes, default=[8], metavar="N[,N...]",
+                        help="batch size, or several separated by commas")
     args = parser.parse_args()
 
     macs, shape, by_kernel = multiply_adds(args.onnx)
@@ -78,7 +79,7 @@ def main() -> None:
         best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
     print(f"numpy sgemm {n}x{n}x{n}, best of 5: {best:.0f} GFLOP/s")
 
-    batches = [int(b) for b in args.batch.split(",")]
+    batches = args.batch
     session = ort.InferenceSession(args.onnx, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     for batch in batches:
@@ -95,8 +96,17 @@ def main() -> None:
         f"{op} {share:.1f}%" for op, share in operator_shares(args.onnx, shape, batches[0])))
 
 
+def batch_sizes(text: str) -> list[int]:
+    """`--batch`: "8" or "8,16,32"."""
+    sizes = [int(b) for b in text.split(",") if b.strip().isdigit() and int(b) > 0]
+    if len(sizes) != len(text.split(",")):
+        raise argparse.ArgumentTypeError(f"'{text}': give positive batch sizes separated by commas, e.g. 8,16,32")
+    return sizes
+
+
 def operator_shares(path: str, shape: list[int], batch: int) -> list[tuple[str, float]]:
-    """Percent of onnxruntime's kernel time per operator type over a few profiled runs."""
+    """Percent of onnxruntime's kernel time per operator type over a few profiled runs,
+    the first (warm-up: allocations, first touches) left out."""
     options = ort.SessionOptions()
     options.enable_profiling = True
     with tempfile.TemporaryDirectory() as scratch:
@@ -107,9 +117,11 @@ def operator_shares(path: str, shape: list[int], batch: int) -> list[tuple[str, 
             session.run(None, {session.get_inputs()[0].name: x})
         with open(session.end_profiling()) as f:
             events = json.load(f)
+    first_run = min((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    warm = first_run["ts"] + first_run["dur"]
     time_by_op = collections.Counter()
     for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= warm:
             time_by_op[event["args"]["op_name"]] += event["dur"]
     total = sum(time_by_op.values())
     return [(op, 100 * t / total) for op, t in time_by_op.most_common() if 100 * t / total >= 0.1]
