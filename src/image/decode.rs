@@ -275,6 +275,12 @@ mod tests {
                 enc.write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
                     .unwrap();
             }
+            ImageFormat::WebP => {
+                let mut enc = ::image::codecs::webp::WebPEncoder::new_lossless(&mut out);
+                enc.set_exif_metadata(exif).unwrap();
+                enc.write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
+                    .unwrap();
+            }
             other => panic!("no encoder for {other:?} in this test"),
         }
         out
@@ -302,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn all_eight_exif_orientations_turn_png_upright_like_pil() {
+    fn all_eight_exif_orientations_turn_png_and_webp_upright_like_pil() {
         let stored = RgbImage::from_fn(3, 2, |x, y| ::image::Rgb([x as u8 * 80, y as u8 * 200, 9]));
         for orientation in 1..=8 {
             let png = encode_with_exif(&stored, ImageFormat::Png, exif_orientation(orientation));
