@@ -14,7 +14,10 @@
 //!   are refused rather than converted, since a lossy conversion gives two different
 //!   files the same name in every output. Entries whose name says they are not images
 //!   (another extension) are ignored, readable or not, as the files themselves would be.
-//! Only the root itself failing is an error.
+//!
+//! Only the root itself failing is an error. The class of an image (see
+//! `classes.rs`) is the folder it is listed under, so a link to a folder outside the
+//! tree makes a class named after the link.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
