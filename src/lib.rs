@@ -29,5 +29,6 @@ pub mod report;
 pub mod retrain;
 pub mod serve;
 pub mod summary;
+pub mod weights;
 
 pub use error::{Error, Result};

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use super::graph::{Activation, Graph, Node, Op, Value};
-use super::weights::{TensorData, TensorMap};
 use crate::error::{Error, Result};
+use crate::weights::{TensorData, TensorMap};
 
 fn get<'a>(tensors: &'a TensorMap, key: &str) -> Result<&'a TensorData> {
     tensors

@@ -4,19 +4,15 @@ pub mod conv;
 pub mod efficientnet_lite;
 pub mod engine;
 pub mod fold;
-pub mod formula;
 pub mod graph;
 pub mod imagenet;
 pub mod inception_v3;
 pub mod onnx;
 pub mod ort_engine;
 pub mod pool;
-pub mod pth;
 pub mod spec;
-pub mod weights;
 
 pub use spec::{BackboneId, BackboneSpec, Filter, Preprocess, WeightsSource};
-pub use weights::{LoadedWeights, TensorData, TensorMap, WeightsStatus};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -24,6 +20,7 @@ use burn::tensor::Device;
 
 use crate::error::Result;
 use crate::progress::Progress;
+use crate::weights;
 use efficientnet_lite::LiteConfig;
 use engine::{BurnNet, Outputs};
 use graph::Graph;

@@ -11,9 +11,9 @@
 //! Field numbers are those of `onnx.proto` (cited at each message below).
 
 use super::graph::{Activation, Graph, Op, Shape, Value};
-use super::weights::{TensorData, TensorMap};
 use super::BackboneId;
 use crate::error::{Error, Result};
+use crate::weights::{TensorData, TensorMap};
 
 /// ONNX IR version 8 is the one that goes with opset 17.
 const IR_VERSION: u64 = 8;

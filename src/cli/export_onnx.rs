@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use graft::backbone::{onnx, weights, BackboneId};
+use graft::backbone::{onnx, BackboneId};
+use graft::weights;
 
 use super::render::Bar;
 use super::Outcome;

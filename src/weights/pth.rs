@@ -28,8 +28,8 @@ use std::io::Read;
 use std::path::Path;
 use std::rc::Rc;
 
-use crate::backbone::weights::{TensorData, TensorMap};
 use crate::error::{Error, Result};
+use crate::weights::{TensorData, TensorMap};
 
 /// Element type of a stored tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,9 @@
 //! the weights came from and the SHA-256 of both files, so a truncated or corrupted
 //! install is refused at load time instead of producing wrong features.
 
+pub mod formula;
+pub mod pth;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backbone::pth;
 use crate::backbone::spec::{BackboneId, WeightsSource};
 use crate::error::{Error, Result};
 use crate::fsx;
