@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::backbone::{Backbone, BackboneId};
+use crate::backbone::BackboneId;
 use crate::bundle::{Bundle, Manifest, SplitSizes, FORMAT_VERSION};
 use crate::dataset::classes::Dataset;
 use crate::dataset::split::{which_split, Split};
+use crate::engine::Backbone;
 use crate::error::{Error, Result};
 use crate::features::cache::FeatureCache;
 use crate::features::cached::{cached_features, cached_views, ViewRequest};

@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use graft::backbone::{graph, Backbone, BackboneId};
+use graft::backbone::{graph, BackboneId};
+use graft::engine::Backbone;
 use graft::image::preprocess::{crop_resize, normalize_into};
 use graft::image::{decode_rgb8, DecodeLimits};
 use graft::weights::formula::formula_tensor;

@@ -7,8 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use graft::backbone::ort_engine::OrtNet;
-use graft::backbone::{folded_graph, graph, Backbone, BackboneId, Engine, EngineChoice};
+use graft::backbone::{graph, BackboneId};
+use graft::engine::onnxruntime::OrtNet;
+use graft::engine::{folded_graph, Backbone, Engine, EngineChoice};
 use graft::image::preprocess::{crop_resize, normalize_into};
 use graft::image::{decode_rgb8, DecodeLimits};
 use graft::progress::Silent;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use graft::backbone::{onnx, BackboneId};
+use graft::backbone::BackboneId;
+use graft::engine::onnx;
 use graft::weights;
 
 use super::render::Bar;

@@ -10,8 +10,8 @@
 //! pre-generated crates pull in a whole protobuf runtime for what is a write-only use.
 //! Field numbers are those of `onnx.proto` (cited at each message below).
 
-use super::graph::{Activation, Graph, Op, Shape, Value};
-use super::BackboneId;
+use crate::backbone::graph::{Activation, Graph, Op, Shape, Value};
+use crate::backbone::BackboneId;
 use crate::error::{Error, Result};
 use crate::weights::{TensorData, TensorMap};
 

@@ -16,8 +16,8 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::engine::Outputs;
-use super::graph::{Graph, Shape};
+use super::burn::Outputs;
+use crate::backbone::graph::{Graph, Shape};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::weights::TensorMap;

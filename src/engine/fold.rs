@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::graph::{Activation, Graph, Node, Op, Value};
+use crate::backbone::graph::{Activation, Graph, Node, Op, Value};
 use crate::error::{Error, Result};
 use crate::weights::{TensorData, TensorMap};
 

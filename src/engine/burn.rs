@@ -7,8 +7,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData as BurnData};
 
 use super::conv::DenseConv;
-use super::graph::{Activation, Graph, Op, Shape};
 use super::pool;
+use crate::backbone::graph::{Activation, Graph, Op, Shape};
 use crate::error::{Error, Result};
 use crate::weights::TensorMap;
 
