@@ -32,7 +32,6 @@ pub mod progress;
 pub mod report;
 pub mod retrain;
 pub mod serve;
-pub mod summary;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -22,7 +22,7 @@ use crate::image::distort::Distortions;
 use crate::metrics::{evaluate, Evaluation};
 use crate::progress::Progress;
 use crate::report::curves::{training_curves_png, CurvePoint};
-use crate::summary::SummaryWriter;
+use crate::report::tensorboard::SummaryWriter;
 
 /// Where the labelled images come from.
 #[derive(Clone, Debug)]
