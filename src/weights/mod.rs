@@ -458,7 +458,7 @@ fn install(
     checkpoint: Checkpoint,
     progress: &dyn Progress,
 ) -> Result<PathBuf> {
-    let tensors = pth::float_tensors(pth::read_pth_bytes(&checkpoint.origin, &checkpoint.bytes)?);
+    let tensors = pth::read_pth_bytes(&checkpoint.origin, &checkpoint.bytes)?;
     drop(checkpoint.bytes);
     let path = safetensors_path(models, id);
     progress.message(&format!(
