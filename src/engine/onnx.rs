@@ -7,7 +7,8 @@
 //! The protobuf encoding is written by hand: ONNX needs eight small messages, whose wire
 //! format is a few lines of varint and length-delimited fields, while the generated-code
 //! route (prost-build) needs `protoc` on the build machine and the published
-//! pre-generated crates pull in a whole protobuf runtime for what is a write-only use.
+//! pre-generated crates (`onnx-protobuf`) pull in a whole protobuf runtime for what is a
+//! write-only use.
 //! Field numbers are those of `onnx.proto` (cited at each message below).
 
 use crate::backbone::graph::{Activation, Graph, Op, Shape, Value};
