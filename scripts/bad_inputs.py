@@ -662,7 +662,7 @@ def weights(c: Corpus):
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as z:
             for name, blob in members:
-                z.writestr(name, blob)
+                z.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), blob)
         return buf.getvalue()
 
     c.write("weights/zip-no-data-pkl.pth", zip_bytes([("archive/version", b"3\n")]), "torch zip without data.pkl")
