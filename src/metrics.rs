@@ -267,7 +267,10 @@ impl Evaluation {
             .map(|label| label.chars().count())
             .chain([MACRO.len(), "class".len()])
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            // A longer label overflows its column instead of padding every row (std's
+            // format width is a u16 and panics past it).
+            .min(60);
         let mut out = format!(
             "{:<width$}  {:>9}  {:>6}  {:>6}  {:>7}\n",
             "class", "precision", "recall", "f1", "support"
@@ -470,6 +473,23 @@ mod tests {
             e.confusion_csv(),
             "true\\pred,\"milk, 1l\",eggs\n\"milk, 1l\",1,0\neggs,1,0\n"
         );
+    }
+
+    #[test]
+    fn a_label_of_70000_characters_does_not_panic_the_table() {
+        let long = "z".repeat(70_000);
+        let probs = vec![vec![0.9, 0.1], vec![0.2, 0.8]];
+        let e = evaluate(&[long.clone(), "b".to_string()], &[0, 1], &probs).unwrap();
+        let table = e.per_class_table();
+        assert!(
+            table.lines().nth(1).unwrap().starts_with(&long),
+            "{table:.200}"
+        );
+        assert!(table
+            .lines()
+            .nth(2)
+            .unwrap()
+            .starts_with(&format!("{:<60}  ", "b")));
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub use chart::class_counts_chart;
 /// Lime               61   50.8%
 /// total             120  100.0%
 /// ```
+/// Widest a text table's label column is padded to.
+pub const MAX_LABEL_COLUMN: usize = 60;
+
 pub fn class_table(stats: &ClassStats) -> String {
     let shown = |label: &str| {
         if label.is_empty() {
@@ -34,7 +37,11 @@ pub fn class_table(stats: &ClassStats) -> String {
         .map(|c| shown(&c.label).chars().count())
         .chain(["class".len(), "total".len()])
         .max()
-        .unwrap_or(5);
+        .unwrap_or(5)
+        // Labels come from user files: a label longer than this overflows its column
+        // rather than padding every row to its length (and std's format width, a u16,
+        // panics on a label of 64 KiB).
+        .min(MAX_LABEL_COLUMN);
     let total = stats.total();
     let count_width = total.to_string().len().max("images".len());
     let mut out = String::new();
@@ -77,6 +84,16 @@ mod tests {
         assert_eq!(lines[1], "Granny-Smith       3   75.0%");
         assert_eq!(lines[2], "lime               1   25.0%");
         assert_eq!(lines[3], "total              4  100.0%");
+    }
+
+    #[test]
+    fn a_label_of_70000_characters_overflows_its_column_without_panicking() {
+        let long = "y".repeat(70_000);
+        let stats = ClassStats::new("x", [(long.clone(), 2), ("lime".to_string(), 1)]);
+        let table = class_table(&stats);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[1], format!("{long}       2   66.7%"));
+        assert_eq!(lines[2].find('1'), Some(MAX_LABEL_COLUMN + 7));
     }
 
     #[test]

@@ -239,7 +239,7 @@ pub async fn method_not_allowed() -> ApiError {
 }
 
 /// `top_k` from the query string; other parameters are ignored.
-fn parse_top_k(query: Option<&str>, labels: usize) -> Result<usize, ApiError> {
+pub fn parse_top_k(query: Option<&str>, labels: usize) -> Result<usize, ApiError> {
     let Some(query) = query else {
         return Ok(DEFAULT_TOP_K.min(labels));
     };
@@ -290,9 +290,9 @@ fn is_multipart(headers: &HeaderMap) -> bool {
 }
 
 /// One uploaded image, by the name the answer gives it.
-struct Upload {
-    name: String,
-    bytes: Bytes,
+pub struct Upload {
+    pub name: String,
+    pub bytes: Bytes,
 }
 
 /// Reads the body (within the size limit and the deadline) and splits it into images:
@@ -332,6 +332,15 @@ async fn read_uploads(
         Ok(Ok(bytes)) => bytes,
     };
 
+    split_uploads(parts, bytes).await
+}
+
+/// Splits a request body that has fully arrived into images: the whole body, or one per
+/// multipart part. It needs no server state, so the fuzzer drives it (fuzz/).
+pub async fn split_uploads(
+    parts: axum::http::request::Parts,
+    bytes: Bytes,
+) -> Result<Vec<Upload>, ApiError> {
     if !is_multipart(&parts.headers) {
         return Ok(vec![Upload {
             name: "body".into(),
@@ -371,7 +380,7 @@ async fn read_uploads(
 }
 
 /// Refuses what is not worth decoding: empty uploads and formats graft does not read.
-fn check_format(upload: &Upload) -> Result<(), ApiError> {
+pub fn check_format(upload: &Upload) -> Result<(), ApiError> {
     const SUPPORTED: &str = "JPEG, PNG, BMP, GIF, WebP or TIFF";
     if upload.bytes.is_empty() {
         return Err(ApiError::new(
