@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use graft::backbone::weights::load_safetensors;
+use graft::weights::load_safetensors;
 use libfuzzer_sys::fuzz_target;
 
 fn dir() -> &'static tempfile::TempDir {
