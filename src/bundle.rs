@@ -60,8 +60,12 @@ fn remove_bundle_files(dir: &Path) {
 /// Removes the staging and moved-aside folders that killed saves left in `parent`:
 /// folders named as [`Bundle::save`] names them, whose process is gone, holding only a
 /// bundle's files. A concurrent save's folders (its process is alive) are left alone.
-fn clean_abandoned_swaps(parent: &Path) -> Result<()> {
-    let entries = std::fs::read_dir(parent).map_err(|e| Error::io(parent, e))?;
+fn clean_abandoned_swaps(parent: &Path) {
+    // A folder that cannot be listed has nothing graft could clean; the save itself
+    // reports whatever is wrong with it.
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(prefix) = [STAGING_PREFIX, OLD_PREFIX]
@@ -77,7 +81,6 @@ fn clean_abandoned_swaps(parent: &Path) -> Result<()> {
         }
         remove_bundle_files(&path);
     }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -137,7 +140,7 @@ impl Bundle {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        clean_abandoned_swaps(&parent)?;
+        clean_abandoned_swaps(&parent);
         let pid = std::process::id();
         let staging = tempfile::Builder::new()
             .prefix(&format!("{STAGING_PREFIX}{pid}-"))

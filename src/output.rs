@@ -5,15 +5,18 @@
 //! graft recognises its own output by what it puts in it:
 //! - a model folder (`train --output`, the intermediate `step-N` folders) by its
 //!   `manifest.json`, and by holding nothing but the files a bundle is made of;
-//! - a folder graft fills with files of fixed names (`evaluate --output-dir`,
-//!   `organize --output`, `augment --output`) by the marker file [`MARKER`] it writes
-//!   there first;
+//! - a folder in which graft replaces files of fixed names (`evaluate --output-dir`) by
+//!   the marker file [`MARKER`] it writes there first;
 //! - a single file by graft's own metadata in it: the `format` entry of a features
 //!   file's safetensors metadata, an ONNX model's `producer_name`, the `Software` text
 //!   chunk of a PNG, the `generator` meta tag of an HTML report.
 //!
-//! A path that does not exist yet, and an empty folder, may always be used. Anything
-//! else is refused with a message that names the path and what to do. The recognisers
+//! A path that does not exist yet, and an empty folder, may always be used. Folders that
+//! graft only adds to (`organize --output`, `augment --output`, `--summaries-dir`, the
+//! intermediate models' folder) may hold anything: graft never replaces a file there
+//! (an image already at a target name counts as done) and never writes through a
+//! symbolic link inside them ([`refuse_links_inside`]). Anything else is refused with a
+//! message that names the path and what to do. The recognisers
 //! are hand-written because each needs a few bytes of one format's header, not a parser.
 
 use std::io::Read;
@@ -33,12 +36,9 @@ pub enum Folder {
     Bundle,
     /// `evaluate --output-dir`: files of fixed names are replaced.
     Evaluation,
-    /// `organize --output`: class folders of images, added to, never replaced.
-    Organized,
-    /// `augment --output`: class folders of images, added to, never replaced.
-    Augmented,
-    /// Folders that only ever get new entries (TensorBoard summaries; the folder of
-    /// intermediate bundles, each of which is a [`Folder::Bundle`]).
+    /// Folders where graft only adds entries and replaces none: organize's and
+    /// augment's class folders, TensorBoard summaries, the folder of intermediate
+    /// bundles (each of which is a [`Folder::Bundle`]).
     AppendOnly,
 }
 
@@ -47,8 +47,6 @@ impl Folder {
         match self {
             Folder::Bundle => "model",
             Folder::Evaluation => "evaluation",
-            Folder::Organized => "organize",
-            Folder::Augmented => "augment",
             Folder::AppendOnly => "append-only",
         }
     }
@@ -57,8 +55,6 @@ impl Folder {
         match self {
             Folder::Bundle => "graft train",
             Folder::Evaluation => "graft evaluate",
-            Folder::Organized => "graft organize",
-            Folder::Augmented => "graft augment",
             Folder::AppendOnly => "graft",
         }
     }
@@ -254,7 +250,7 @@ pub fn check_folder(dir: &Path, kind: Folder, flag: &str) -> Result<()> {
             None => Ok(()),
             Some(problem) => Err(refuse(problem)),
         },
-        Folder::Evaluation | Folder::Organized | Folder::Augmented => {
+        Folder::Evaluation => {
             let names = entry_names(dir)?;
             if names.is_empty() {
                 return Ok(());
@@ -279,11 +275,7 @@ pub fn check_folder(dir: &Path, kind: Folder, flag: &str) -> Result<()> {
 pub fn prepare_folder(dir: &Path, kind: Folder, flag: &str) -> Result<()> {
     check_folder(dir, kind, flag)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    if matches!(
-        kind,
-        Folder::Evaluation | Folder::Organized | Folder::Augmented
-    ) && read_marker(dir).is_none()
-    {
+    if kind == Folder::Evaluation && read_marker(dir).is_none() {
         let marker = serde_json::json!({
             "kind": kind.kind(),
             "written_by": format!("{} {}", kind.command(), env!("CARGO_PKG_VERSION")),

@@ -393,9 +393,9 @@ pub fn plan_organize(
             ));
         }
     }
-    // The output must be graft's to add to, and no class folder in it may be a link
-    // that would carry the images somewhere else.
-    crate::output::check_folder(output, crate::output::Folder::Organized, "--output")?;
+    // The output must be a folder (graft only adds to it), and no class folder in it
+    // may be a link that would carry the images somewhere else.
+    crate::output::check_folder(output, crate::output::Folder::AppendOnly, "--output")?;
     let class_dirs: Vec<PathBuf> = jobs
         .iter()
         .map(|j| output.join(&j.label))
@@ -510,7 +510,7 @@ pub fn organize(
             )));
         }
     }
-    crate::output::prepare_folder(&plan.output, crate::output::Folder::Organized, "--output")?;
+    crate::output::prepare_folder(&plan.output, crate::output::Folder::AppendOnly, "--output")?;
     let class_dirs: HashSet<PathBuf> = plan
         .jobs
         .iter()

@@ -718,10 +718,10 @@ pub fn augment_folder(
         unassigned,
     } = plan_augment(src, options.class_size)?;
     use crate::output::{check_folder, prepare_folder, refuse_links_inside, Folder};
-    check_folder(dst, Folder::Augmented, "--output")?;
+    check_folder(dst, Folder::AppendOnly, "--output")?;
     let class_dirs: Vec<PathBuf> = plans.iter().map(|p| target_dir(dst, p)).collect();
     refuse_links_inside(dst, class_dirs.iter().map(PathBuf::as_path), "--output")?;
-    prepare_folder(dst, Folder::Augmented, "--output")?;
+    prepare_folder(dst, Folder::AppendOnly, "--output")?;
     for dir in &class_dirs {
         crate::fsx::clean_stale_temps(dir)?;
     }
