@@ -74,6 +74,12 @@ pub fn evaluate_bundle(
     let labels = &predictor.bundle.manifest.labels;
     let dataset = options.source.load()?;
     check_outputs(options, &dataset.root)?;
+    for warning in &dataset.scan_warnings {
+        progress.message(&format!("warning: {warning}"));
+    }
+    for entry in &dataset.skipped {
+        progress.message(&format!("skipped {entry}"));
+    }
     // Map the evaluation set's class names onto the model's label indices.
     let mut to_model = Vec::with_capacity(dataset.classes.len());
     let mut unknown = Vec::new();
@@ -155,7 +161,13 @@ pub fn evaluate_bundle(
     let result = EvaluateResult {
         evaluation,
         paths: rel_paths,
-        skipped: cached.skipped,
+        skipped: dataset
+            .skipped
+            .iter()
+            .cloned()
+            .map(Skipped::from)
+            .chain(cached.skipped)
+            .collect(),
     };
 
     let dir = &options.output_dir;
