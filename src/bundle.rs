@@ -22,6 +22,67 @@ pub const FORMAT_VERSION: u32 = 1;
 const MANIFEST: &str = "manifest.json";
 const HEAD: &str = "head.safetensors";
 const LABELS: &str = "labels.txt";
+/// Beside a bundle being saved: the folder the new bundle is written in, and the old
+/// bundle moved aside, each followed by the saving process's id.
+const STAGING_PREFIX: &str = ".graft-bundle-";
+const OLD_PREFIX: &str = ".graft-old-";
+
+/// Whether every entry of `dir` is a plain file a bundle is made of (or a temporary
+/// file graft writes them through): what a staging or moved-aside folder holds.
+fn holds_only_bundle_files(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.into_iter().all(|entry| {
+        entry.is_ok_and(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            e.file_type().is_ok_and(|t| t.is_file())
+                && (crate::output::BUNDLE_FILES.contains(&name.as_str())
+                    || crate::fsx::is_temp_name(&name))
+        })
+    })
+}
+
+/// Removes a moved-aside or abandoned bundle folder file by file, so that a file that
+/// is not a bundle's (put there since it was checked) stops the removal instead of
+/// being deleted with it.
+fn remove_bundle_files(dir: &Path) {
+    if !holds_only_bundle_files(dir) {
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Removes the staging and moved-aside folders that killed saves left in `parent`:
+/// folders named as [`Bundle::save`] names them, whose process is gone, holding only a
+/// bundle's files. A concurrent save's folders (its process is alive) are left alone.
+fn clean_abandoned_swaps(parent: &Path) {
+    // A folder that cannot be listed has nothing graft could clean; the save itself
+    // reports whatever is wrong with it.
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(prefix) = [STAGING_PREFIX, OLD_PREFIX]
+            .into_iter()
+            .find(|p| name.starts_with(p))
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir || crate::fsx::writer_may_be_alive(crate::fsx::pid_in(&name, prefix), &path) {
+            continue;
+        }
+        remove_bundle_files(&path);
+    }
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SplitSizes {
@@ -58,15 +119,32 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 
 impl Bundle {
     /// Writes the bundle to `dir`, replacing an existing bundle there atomically.
+    ///
+    /// Only a folder that is a bundle and holds nothing but a bundle's files is
+    /// replaced (see [`crate::output`]); anything else at `dir` is refused and left as
+    /// it is. The old bundle is moved aside before the new one moves in, and removed
+    /// file by file afterwards; staging and moved-aside folders that a killed run left
+    /// beside `dir` are removed by the next save.
     pub fn save(&self, dir: &Path) -> Result<()> {
         self.head.check()?;
+        // A link to a model folder keeps pointing at it: the folder it names is replaced.
+        let dir = match std::fs::symlink_metadata(dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?
+            }
+            _ => dir.to_path_buf(),
+        };
+        let dir = dir.as_path();
+        crate::output::check_folder(dir, crate::output::Folder::Bundle, "the model folder")?;
         let parent = match dir.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        clean_abandoned_swaps(&parent);
+        let pid = std::process::id();
         let staging = tempfile::Builder::new()
-            .prefix(".graft-bundle-")
+            .prefix(&format!("{STAGING_PREFIX}{pid}-"))
             .tempdir_in(&parent)
             .map_err(|e| Error::io(&parent, e))?;
         let manifest =
@@ -97,19 +175,21 @@ impl Bundle {
         crate::fsx::write_atomic(&staging.path().join(LABELS), labels.as_bytes())?;
 
         // Swap into place: the old bundle (if any) moves aside first, then is removed.
-        let staged = staging.keep();
-        if dir.exists() {
+        // It is checked again here: training may have taken hours since the first check.
+        if std::fs::symlink_metadata(dir).is_ok() {
+            crate::output::check_folder(dir, crate::output::Folder::Bundle, "the model folder")?;
             let old = parent.join(format!(
-                ".graft-old-{}-{}",
+                "{OLD_PREFIX}{pid}-{}",
                 dir.file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
-                std::process::id()
             ));
             std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+            let staged = staging.keep();
             std::fs::rename(&staged, dir).map_err(|e| Error::io(dir, e))?;
-            let _ = std::fs::remove_dir_all(&old);
+            remove_bundle_files(&old);
         } else {
+            let staged = staging.keep();
             std::fs::rename(&staged, dir).map_err(|e| Error::io(dir, e))?;
         }
         Ok(())

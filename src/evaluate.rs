@@ -9,6 +9,7 @@ use crate::features::cached::{cached_features, cached_views, ViewRequest};
 use crate::features::{ExtractOptions, Skipped};
 use crate::image::distort::View;
 use crate::metrics::{evaluate, Evaluation};
+use crate::output::Folder;
 use crate::predict::{check_tta, Predictor};
 use crate::progress::Progress;
 use crate::report::confusion::confusion_png;
@@ -72,6 +73,7 @@ pub fn evaluate_bundle(
     let predictor = Predictor::load(&options.bundle, progress)?;
     let labels = &predictor.bundle.manifest.labels;
     let dataset = options.source.load()?;
+    check_outputs(options, &dataset.root)?;
     for warning in &dataset.scan_warnings {
         progress.message(&format!("warning: {warning}"));
     }
@@ -169,6 +171,7 @@ pub fn evaluate_bundle(
     };
 
     let dir = &options.output_dir;
+    crate::output::prepare_folder(dir, Folder::Evaluation, "--output-dir")?;
     let json =
         serde_json::to_vec_pretty(&result.json()).map_err(|e| Error::Invalid(e.to_string()))?;
     crate::fsx::write_atomic(&dir.join("metrics.json"), &json)?;
@@ -205,6 +208,22 @@ pub fn evaluate_bundle(
         started,
     )?;
     Ok(result)
+}
+
+/// Refuses, before any work, an output folder or report that is not graft's to write,
+/// and an output folder inside the images being evaluated (or holding them).
+fn check_outputs(options: &EvaluateOptions, dataset_root: &std::path::Path) -> Result<()> {
+    crate::output::refuse_nested(
+        &options.output_dir,
+        "--output-dir",
+        dataset_root,
+        "the dataset folder",
+    )?;
+    crate::output::check_folder(&options.output_dir, Folder::Evaluation, "--output-dir")?;
+    if let Some(report) = &options.report {
+        crate::output::check_file(report, crate::output::File::Html, "--report")?;
+    }
+    Ok(())
 }
 
 /// `report.html`: the evaluation with the photos it got wrong, for people who do not

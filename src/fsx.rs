@@ -1,5 +1,10 @@
 //! Atomic file writes: write to a temporary file beside the target, then rename, so a
 //! crash or a kill never leaves a half-written file under the final name.
+//!
+//! A kill -9 between the two steps leaves the temporary file behind. Its name,
+//! `.graft-<pid>-<random>.tmp`, carries the writer's process id, so a later run can tell
+//! an abandoned temporary file (its writer is gone) from one a concurrent run is still
+//! filling, and [`clean_stale_temps`] removes only the former.
 
 use std::io::Write;
 use std::path::Path;
@@ -22,8 +27,8 @@ pub fn write_atomic_with(
     };
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".graft-")
-        .suffix(".tmp")
+        .prefix(&temp_prefix())
+        .suffix(TEMP_SUFFIX)
         .tempfile_in(parent)
         .map_err(|e| Error::io(parent, e))?;
     fill(tmp.as_file_mut()).map_err(|e| Error::io(path, e))?;
@@ -39,6 +44,83 @@ pub fn write_atomic_with(
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+const TEMP_PREFIX: &str = ".graft-";
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// Prefix of this process's temporary names: `.graft-<pid>-`.
+pub(crate) fn temp_prefix() -> String {
+    format!("{TEMP_PREFIX}{}-", std::process::id())
+}
+
+/// Whether the process that made a temporary entry named with `pid` may still be
+/// writing it. Without a process table to ask (outside Linux), an entry counts as
+/// abandoned only once it is an hour old.
+pub(crate) fn writer_may_be_alive(pid: Option<u32>, path: &Path) -> bool {
+    if pid == Some(std::process::id()) {
+        return true;
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(pid) = pid {
+        return Path::new("/proc").join(pid.to_string()).exists();
+    }
+    let age = std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    !matches!(age, Some(a) if a > std::time::Duration::from_secs(3600))
+}
+
+/// The writer's process id in a name made by `prefix` + `<pid>-<random>`, if it has one.
+/// Names of graft versions before the process id was added (`.graft-<random>.tmp`) have
+/// none.
+pub(crate) fn pid_in(name: &str, prefix: &str) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?;
+    let (pid, _) = rest.split_once('-')?;
+    pid.parse().ok()
+}
+
+/// Whether `name` is a temporary file name [`write_atomic`] makes (or made, before the
+/// process id was part of it).
+pub fn is_temp_name(name: &str) -> bool {
+    name.len() > TEMP_PREFIX.len() + TEMP_SUFFIX.len()
+        && name.starts_with(TEMP_PREFIX)
+        && name.ends_with(TEMP_SUFFIX)
+        && !name.contains('/')
+}
+
+/// Removes the temporary files that interrupted graft runs left directly in `dir`: plain
+/// files named as [`write_atomic`] names them whose writer is gone. Nothing else is
+/// touched; a folder that does not exist has nothing to clean. Returns how many were
+/// removed.
+pub fn clean_stale_temps(dir: &Path) -> Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let path = entry.path();
+        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if !is_file || !is_temp_name(&name) {
+            continue;
+        }
+        if writer_may_be_alive(pid_in(&name, TEMP_PREFIX), &path) {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -57,5 +139,35 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec!["out.bin"]);
+    }
+
+    #[test]
+    fn stale_temps_of_dead_writers_go_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let mut dead = dead;
+        dead.wait().unwrap();
+        let own = format!(".graft-{}-abc.tmp", std::process::id());
+        let stale = format!(".graft-{dead_pid}-abc.tmp");
+        for name in [
+            own.as_str(),
+            stale.as_str(),
+            "photo.tmp",
+            ".graft-notes.txt",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(clean_stale_temps(dir.path()).unwrap(), 1);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![own, ".graft-notes.txt".to_string(), "photo.tmp".to_string()]
+        );
+        assert_eq!(clean_stale_temps(&dir.path().join("absent")).unwrap(), 0);
     }
 }

@@ -27,6 +27,7 @@ pub mod head;
 pub mod home;
 pub mod image;
 pub mod metrics;
+pub mod output;
 pub mod predict;
 pub mod progress;
 pub mod report;

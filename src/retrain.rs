@@ -121,6 +121,7 @@ pub fn retrain(
     options.distortions.check()?;
     let dataset = options.source.load()?;
     dataset.require_trainable()?;
+    check_outputs(options, &dataset.root)?;
     for warning in dataset.warnings() {
         on_event(RetrainEvent::Warning(warning));
     }
@@ -377,6 +378,25 @@ pub fn retrain(
     );
     write_html_report(options, &outcome, &curve, features, run_started)?;
     Ok(outcome)
+}
+
+/// Refuses, before any work, every output folder that is not graft's to write or that
+/// lies inside the dataset being read (or holds it).
+fn check_outputs(options: &RetrainOptions, dataset_root: &Path) -> Result<()> {
+    use crate::output::{check_folder, refuse_nested, Folder};
+    const DATASET: &str = "the dataset folder";
+    refuse_nested(&options.output, "--output", dataset_root, DATASET)?;
+    check_folder(&options.output, Folder::Bundle, "--output")?;
+    if options.intermediate_store_frequency > 0 {
+        let flag = "--intermediate-output-dir";
+        refuse_nested(&options.intermediate_dir, flag, dataset_root, DATASET)?;
+        check_folder(&options.intermediate_dir, Folder::AppendOnly, flag)?;
+    }
+    if let Some(dir) = &options.summaries_dir {
+        refuse_nested(dir, "--summaries-dir", dataset_root, DATASET)?;
+        check_folder(dir, Folder::AppendOnly, "--summaries-dir")?;
+    }
+    Ok(())
 }
 
 /// `<output>/report.html`: the run summary, curves and the test split's evaluation.

@@ -24,6 +24,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let id: BackboneId = args.backbone.parse()?;
+    graft::output::check_file(&args.output, graft::output::File::Onnx, "--output")?;
     let bar = Bar::new();
     let loaded = weights::ensure(id, &bar)?;
     let model = onnx::export_backbone(id, &loaded.tensors, &loaded.path.display().to_string())?;

@@ -46,6 +46,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let id: BackboneId = args.backbone.parse()?;
+    graft::output::check_file(&args.output, graft::output::File::Safetensors, "--output")?;
     let bar = Bar::new();
     let backbone = Backbone::load_with(id, args.engine, &bar)?;
     let scan = scan_images(&args.dir)?;

@@ -24,6 +24,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    if let Some(plot) = &args.plot {
+        graft::output::check_file(plot, graft::output::File::Png, "--plot")?;
+    }
     let stats = match (&args.dir, &args.labels) {
         (_, Some(csv)) => labels_csv_counts(csv)?,
         (Some(dir), None) => class_folder_counts(dir)?,

@@ -168,6 +168,9 @@ fn line_at(body: &[u8], offset: u64) -> u64 {
     1 + body[..start].iter().filter(|&&b| b == b'\n').count() as u64
 }
 
+/// The longest file or folder name (in bytes) common file systems accept.
+const MAX_NAME_BYTES: usize = 255;
+
 /// Why `name` cannot be a folder or file name inside the output, if it cannot.
 /// `what` is "label" or "image id".
 pub fn name_problem(what: &str, name: &str) -> Option<String> {
@@ -185,6 +188,12 @@ pub fn name_problem(what: &str, name: &str) -> Option<String> {
         format!("the {what} contains a control character")
     } else if name.starts_with('.') {
         format!("the {what} starts with '.'")
+    } else if name.len() > MAX_NAME_BYTES {
+        format!(
+            "the {what} is {} bytes long, more than the {MAX_NAME_BYTES} a file or folder name \
+             may have",
+            name.len()
+        )
     } else {
         return None;
     };
@@ -384,6 +393,20 @@ pub fn plan_organize(
             ));
         }
     }
+    // The output must be a folder (graft only adds to it), and no class folder in it
+    // may be a link that would carry the images somewhere else.
+    crate::output::check_folder(output, crate::output::Folder::AppendOnly, "--output")?;
+    let class_dirs: Vec<PathBuf> = jobs
+        .iter()
+        .map(|j| output.join(&j.label))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    crate::output::refuse_links_inside(
+        output,
+        class_dirs.iter().map(PathBuf::as_path),
+        "--output",
+    )?;
     let mut unlabelled: Vec<PathBuf> = by_stem
         .values()
         .flatten()
@@ -486,6 +509,16 @@ pub fn organize(
                 "--quality {quality} must be from 1 to 100"
             )));
         }
+    }
+    crate::output::prepare_folder(&plan.output, crate::output::Folder::AppendOnly, "--output")?;
+    let class_dirs: HashSet<PathBuf> = plan
+        .jobs
+        .iter()
+        .filter_map(|j| j.target.parent().map(Path::to_path_buf))
+        .collect();
+    // Temporary files a killed run left among the images would otherwise stay forever.
+    for dir in &class_dirs {
+        crate::fsx::clean_stale_temps(dir)?;
     }
     progress.begin("organize", plan.jobs.len() as u64);
     let written = AtomicU64::new(0);
@@ -664,6 +697,12 @@ mod tests {
         ] {
             assert!(name_problem("label", bad).is_some(), "{bad:?}");
         }
+        assert!(name_problem("label", &"x".repeat(256)).is_some());
+        assert!(
+            name_problem("label", &"ä".repeat(128)).is_some(),
+            "counted in bytes"
+        );
+        assert_eq!(name_problem("label", &"x".repeat(255)), None);
         for good in ["milk", "Granny-Smith", "Oat milk 1L", "ägg", "a.b"] {
             assert_eq!(name_problem("label", good), None, "{good:?}");
         }

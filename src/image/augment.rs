@@ -722,6 +722,14 @@ pub fn augment_folder(
         unassigned,
         skipped,
     } = plan_augment(src, options.class_size)?;
+    use crate::output::{check_folder, prepare_folder, refuse_links_inside, Folder};
+    check_folder(dst, Folder::AppendOnly, "--output")?;
+    let class_dirs: Vec<PathBuf> = plans.iter().map(|p| target_dir(dst, p)).collect();
+    refuse_links_inside(dst, class_dirs.iter().map(PathBuf::as_path), "--output")?;
+    prepare_folder(dst, Folder::AppendOnly, "--output")?;
+    for dir in &class_dirs {
+        crate::fsx::clean_stale_temps(dir)?;
+    }
     for entry in &skipped {
         progress.message(&format!("skipped {entry}"));
     }
@@ -791,39 +799,10 @@ pub fn augment_folder(
 }
 
 /// A destination inside the source would be scanned as more classes on the next run;
-/// the same folder would mix copies with originals.
+/// a source inside the destination would mix copies with originals.
 fn refuse_nested(src: &Path, dst: &Path) -> Result<()> {
-    let src_abs = std::fs::canonicalize(src).map_err(|e| Error::io(src, e))?;
-    // The destination may not exist yet: resolve its nearest existing ancestor.
-    let mut probe = dst.to_path_buf();
-    let mut rest = Vec::new();
-    let dst_abs = loop {
-        match std::fs::canonicalize(&probe) {
-            Ok(p) => break rest.iter().rev().fold(p, |acc: PathBuf, c| acc.join(c)),
-            Err(_) => match (probe.file_name(), probe.parent()) {
-                (Some(name), Some(parent)) => {
-                    rest.push(name.to_os_string());
-                    probe = if parent.as_os_str().is_empty() {
-                        PathBuf::from(".")
-                    } else {
-                        parent.to_path_buf()
-                    };
-                }
-                _ => break dst.to_path_buf(),
-            },
-        }
-    };
-    if dst_abs.starts_with(&src_abs) {
-        return Err(Error::invalid_input(
-            dst,
-            format!(
-                "is inside the source folder {}; write the balanced copy somewhere else \
-                 (such as a sibling folder)",
-                src.display()
-            ),
-        ));
-    }
-    Ok(())
+    std::fs::canonicalize(src).map_err(|e| Error::io(src, e))?;
+    crate::output::refuse_nested(dst, "--output", src, "the source folder")
 }
 
 fn target_dir(dst: &Path, plan: &ClassPlan) -> PathBuf {

@@ -224,7 +224,8 @@ pub(crate) fn render_png(
         ::image::ExtendedColorType::Rgb8,
     )
     .map_err(|e| Error::invalid_input(path, format!("cannot encode the PNG: {e}")))?;
-    fsx::write_atomic(path, &png)
+    // Marked as graft's, so a later run may replace it (see crate::output).
+    fsx::write_atomic(path, &crate::output::mark_png(&png))
 }
 
 #[cfg(test)]

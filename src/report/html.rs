@@ -144,6 +144,7 @@ fn page(title: &str, body: &str) -> String {
 <html lang="en">
 <head>
 <meta charset="utf-8">
+{generator}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <script>window.addEventListener('error',function(e){{document.documentElement.setAttribute('data-js-error',String(e.message))}});</script>
@@ -160,6 +161,7 @@ fn page(title: &str, body: &str) -> String {
 "#,
         title = escape(title),
         version = env!("CARGO_PKG_VERSION"),
+        generator = crate::output::html_generator_tag(),
     )
 }
 
