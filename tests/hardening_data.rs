@@ -805,7 +805,14 @@ fn d10_train_and_evaluate_read_an_image_id_label_csv() {
             ],
         );
         eval.assert_stderr(0, &["reading the column 'image_id'"]);
-        assert!(!eval.stdout.contains("\"label\""), "{}", eval.both());
+        let metrics: serde_json::Value = serde_json::from_str(&eval.stdout).unwrap();
+        assert_eq!(metrics["samples"], 10, "{}", eval.both());
+        assert_eq!(
+            metrics["labels"],
+            serde_json::json!(["banana", "carrots"]),
+            "{}",
+            eval.both()
+        );
         std::fs::remove_dir_all(&model).unwrap();
     }
 }

@@ -23,19 +23,19 @@ pub struct Args {
     #[arg(long, default_value_t = 600, value_parser = values::count_u64())]
     class_size: u64,
     /// Degrees of random rotation, either way.
-    #[arg(long, default_value_t = 40.0, value_parser = values::degrees)]
+    #[arg(long, default_value_t = 40.0, value_parser = values::degrees, allow_hyphen_values = true)]
     rotation_range: f64,
     /// Random shift as a fraction of the width (1 or more: pixels).
-    #[arg(long, default_value_t = 0.2, value_parser = values::shift)]
+    #[arg(long, default_value_t = 0.2, value_parser = values::shift, allow_hyphen_values = true)]
     width_shift_range: f64,
     /// Random shift as a fraction of the height (1 or more: pixels).
-    #[arg(long, default_value_t = 0.2, value_parser = values::shift)]
+    #[arg(long, default_value_t = 0.2, value_parser = values::shift, allow_hyphen_values = true)]
     height_shift_range: f64,
     /// Shear angle in degrees (as current Keras).
-    #[arg(long, default_value_t = 0.2, value_parser = values::shear_degrees)]
+    #[arg(long, default_value_t = 0.2, value_parser = values::shear_degrees, allow_hyphen_values = true)]
     shear_range: f64,
     /// Zoom: factors drawn from [1 - z, 1 + z], separately for x and y (z from 0 to 0.95).
-    #[arg(long, default_value_t = 0.2, value_parser = values::zoom)]
+    #[arg(long, default_value_t = 0.2, value_parser = values::zoom, allow_hyphen_values = true)]
     zoom_range: f64,
     /// Flip half of the copies left-right. On by default, as in the seed;
     /// `--horizontal-flip=false` turns it off.
@@ -61,13 +61,13 @@ pub struct Args {
     )]
     vertical_flip: bool,
     /// Random brightness factor range, such as 0.8,1.2.
-    #[arg(long, value_name = "A,B", value_parser = values::brightness_pair)]
+    #[arg(long, value_name = "A,B", value_parser = values::brightness_pair, allow_hyphen_values = true)]
     brightness_range: Option<(f64, f64)>,
     /// How pixels pulled from outside the image are filled.
     #[arg(long, value_enum, default_value_t = FillMode::Nearest)]
     fill_mode: FillMode,
     /// Grey level (0-255) for --fill-mode constant.
-    #[arg(long, default_value_t = 0.0, value_parser = values::grey_level)]
+    #[arg(long, default_value_t = 0.0, value_parser = values::grey_level, allow_hyphen_values = true)]
     cval: f64,
     /// Random seed: the same seed writes the same files, whatever the thread count.
     #[arg(long, default_value_t = 0)]

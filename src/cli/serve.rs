@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     max_batch: u32,
     /// How long the first image of a batch waits for others, in milliseconds.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000), allow_hyphen_values = true)]
     max_wait_ms: u64,
     /// Images waiting for the network, at most; past it requests get 503 with Retry-After.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]

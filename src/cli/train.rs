@@ -33,7 +33,7 @@ pub struct Args {
     how_many_training_steps: usize,
     /// Step size. retrain.py uses 0.01 with plain gradient descent; graft's default is
     /// Adam at 0.001, which reaches a tuned logistic regression's accuracy (see README).
-    #[arg(long, default_value_t = 0.001, value_parser = values::learning_rate)]
+    #[arg(long, default_value_t = 0.001, value_parser = values::learning_rate, allow_hyphen_values = true)]
     learning_rate: f64,
     #[arg(long, default_value_t = 100, value_parser = values::count())]
     train_batch_size: usize,
@@ -47,16 +47,16 @@ pub struct Args {
     test_batch_size: i64,
     /// Percent of the images held out for validation (0 to 100; with --testing-percentage
     /// below 100 in all).
-    #[arg(long, default_value_t = 10.0, value_parser = values::percentage)]
+    #[arg(long, default_value_t = 10.0, value_parser = values::percentage, allow_hyphen_values = true)]
     validation_percentage: f64,
     /// Percent of the images held out for the final test (0 to 100).
-    #[arg(long, default_value_t = 10.0, value_parser = values::percentage)]
+    #[arg(long, default_value_t = 10.0, value_parser = values::percentage, allow_hyphen_values = true)]
     testing_percentage: f64,
     /// `sgd` is retrain.py's optimizer (use it with --learning-rate 0.01 for its behaviour).
     #[arg(long, value_enum, default_value_t = Optimizer::Adam)]
     optimizer: Optimizer,
     /// L2 penalty on the head's weights.
-    #[arg(long, default_value_t = 0.0, value_parser = values::penalty)]
+    #[arg(long, default_value_t = 0.0, value_parser = values::penalty, allow_hyphen_values = true)]
     weight_decay: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -82,15 +82,15 @@ pub struct Args {
     flip_left_right: bool,
     /// Distortion: a random crop that leaves out up to this percentage of the view, as
     /// retrain.py's --random_crop (the view is enlarged by 1 + P/100 and cut back).
-    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = values::percentage_f32)]
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = values::percentage_f32, allow_hyphen_values = true)]
     random_crop: f32,
     /// Distortion: enlarge the view by a random factor up to 1 + P/100 before cutting
     /// (retrain.py's --random_scale; combines with --random-crop into one crop).
-    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = values::percentage_f32)]
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = values::percentage_f32, allow_hyphen_values = true)]
     random_scale: f32,
     /// Distortion: multiply pixel values by a random factor in [1 - P/100, 1 + P/100)
     /// (retrain.py's --random_brightness).
-    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = values::percentage_f32)]
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = values::percentage_f32, allow_hyphen_values = true)]
     random_brightness: f32,
     /// cached: K distorted variants per training image, extracted once into the feature
     /// cache; online: retrain.py's fresh distortion per sample per step (hours on a CPU).
