@@ -42,7 +42,7 @@ pub struct Args {
     batch_size: Option<usize>,
     /// Test-time augmentation: average the softmax over N views of each image (1 = off;
     /// up to 10: original, mirror, four 90% corner crops and their mirrors).
-    #[arg(long, default_value_t = 1, value_name = "N", value_parser = values::tta())]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = values::tta)]
     tta: usize,
 }
 

@@ -90,10 +90,13 @@ pub fn batch_size() -> impl TypedValueParser<Value = usize> {
     RangedU64ValueParser::<usize>::new().range(1..=4096)
 }
 
-/// `--tta N`: 1 to the number of test-time views.
-pub fn tta() -> impl TypedValueParser<Value = usize> {
-    RangedU64ValueParser::<usize>::new()
-        .range(1..=graft::image::distort::View::TEST_TIME_VIEWS as u64)
+/// `--tta N`: 1 to the number of test-time views (the library says which views).
+pub fn tta(text: &str) -> Result<usize, String> {
+    let n: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))?;
+    graft::predict::check_tta(n).map_err(|e| e.to_string())
 }
 
 /// JPEG quality: 1 to 100.
