@@ -231,9 +231,15 @@ fn set_aside(path: &Path, reason: &str) -> Result<PathBuf> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut aside = path.as_os_str().to_os_string();
-    aside.push(format!("{CORRUPT_INFIX}{seconds}"));
-    let aside = PathBuf::from(aside);
+    // Two recoveries within one second must not overwrite the first copy.
+    let aside = (seconds..)
+        .map(|t| {
+            let mut name = path.as_os_str().to_os_string();
+            name.push(format!("{CORRUPT_INFIX}{t}"));
+            PathBuf::from(name)
+        })
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| path.with_extension("redb.corrupt"));
     std::fs::rename(path, &aside).map_err(|e| {
         Error::invalid_input(
             path,
