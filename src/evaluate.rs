@@ -72,6 +72,12 @@ pub fn evaluate_bundle(
     let predictor = Predictor::load(&options.bundle, progress)?;
     let labels = &predictor.bundle.manifest.labels;
     let dataset = options.source.load()?;
+    for warning in &dataset.scan_warnings {
+        progress.message(&format!("warning: {warning}"));
+    }
+    for entry in &dataset.skipped {
+        progress.message(&format!("skipped {entry}"));
+    }
     // Map the evaluation set's class names onto the model's label indices.
     let mut to_model = Vec::with_capacity(dataset.classes.len());
     let mut unknown = Vec::new();
@@ -153,7 +159,13 @@ pub fn evaluate_bundle(
     let result = EvaluateResult {
         evaluation,
         paths: rel_paths,
-        skipped: cached.skipped,
+        skipped: dataset
+            .skipped
+            .iter()
+            .cloned()
+            .map(Skipped::from)
+            .chain(cached.skipped)
+            .collect(),
     };
 
     let dir = &options.output_dir;

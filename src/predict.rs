@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::backbone::Backbone;
 use crate::bundle::Bundle;
-use crate::dataset::scan_images;
+use crate::dataset::{scan_images, SkippedEntry};
 use crate::error::{Error, Result};
 use crate::features::{extract_views, ExtractOptions, Job, Skipped};
 use crate::image::distort::View;
@@ -41,15 +41,36 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
     order.into_iter().take(k).map(|i| (i, probs[i])).collect()
 }
 
-/// Expands folders (recursively, sorted) and keeps files as given, in argument order.
-pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
+/// The images to classify: folders expanded, files as given.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub paths: Vec<PathBuf>,
+    /// Entries of the folders that could not be read, and files whose name is not UTF-8.
+    pub skipped: Vec<SkippedEntry>,
+    /// What the folder walks noticed without skipping anything.
+    pub warnings: Vec<String>,
+}
+
+/// Expands folders (recursively, sorted, by [`scan_images`]'s rules) and keeps files as
+/// given, in argument order. A file given by a name that is not UTF-8 is skipped, as the
+/// walk skips one: its image id could not be written without merging it with another.
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Inputs> {
+    let mut out = Inputs::default();
     for input in inputs {
         let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
         if meta.is_dir() {
-            out.extend(scan_images(input)?.into_iter().map(|e| e.path));
+            let scan = scan_images(input)?;
+            out.paths.extend(scan.images.into_iter().map(|e| e.path));
+            out.skipped.extend(scan.skipped);
+            out.warnings.extend(scan.warnings);
+        } else if input.file_name().and_then(|n| n.to_str()).is_none() {
+            out.skipped.push(SkippedEntry {
+                path: input.clone(),
+                reason: "its name is not valid UTF-8 (shown with \\x escapes); rename it"
+                    .to_string(),
+            });
         } else {
-            out.push(input.clone());
+            out.paths.push(input.clone());
         }
     }
     Ok(out)

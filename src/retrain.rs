@@ -123,6 +123,9 @@ pub fn retrain(
     for warning in dataset.warnings() {
         on_event(RetrainEvent::Warning(warning));
     }
+    for entry in &dataset.skipped {
+        progress.message(&format!("skipped {entry}"));
+    }
     let backbone = Backbone::load(options.backbone, progress)?;
     let cache = FeatureCache::open(&options.bottleneck_dir)?;
     let paths: Vec<PathBuf> = dataset.images.iter().map(|i| i.path.clone()).collect();
@@ -351,13 +354,20 @@ pub fn retrain(
     if !curve.is_empty() {
         training_curves_png(&options.output.join("training_curves.png"), &curve)?;
     }
+    let skipped = dataset
+        .skipped
+        .iter()
+        .cloned()
+        .map(Skipped::from)
+        .chain(cached.skipped)
+        .collect();
     let outcome = RetrainOutcome {
         bundle,
         dataset,
         split_sizes,
         test: test_eval,
         test_paths,
-        skipped: cached.skipped,
+        skipped,
         head_seconds,
     };
     let features = format!(

@@ -66,7 +66,7 @@ fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
 /// Images per class folder (relative folder -> file names), sorted.
 fn class_files(root: &Path) -> BTreeMap<String, Vec<String>> {
     let mut classes: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for entry in graft::dataset::scan_images(root).unwrap() {
+    for entry in graft::dataset::scan_images(root).unwrap().images {
         let (folder, name) = entry
             .relative
             .rsplit_once('/')

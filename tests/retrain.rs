@@ -1040,7 +1040,7 @@ fn bad_distortion_flags_are_refused() {
         &out,
         &[s(&data), "--random-brightness", "150"],
     )
-    .assert_error(&["--random-brightness 150", "0 to 100"]);
+    .assert_usage_error(&["--random-brightness", "150", "at most 100"]);
     train(
         tmp.path(),
         &bottlenecks,

@@ -28,7 +28,9 @@ pub fn run(cmd: CacheCommand) -> anyhow::Result<Outcome> {
             let dir = bottleneck_dir.unwrap_or_else(default_bottleneck_dir);
             let path = dir.join(cache::FILE_NAME);
             match cache::inspect(&dir)? {
-                Inspection::Absent => println!("{}: no feature cache yet", path.display()),
+                Inspection::Absent => {
+                    println!("{}: 0 feature vectors (no cache file yet)", path.display())
+                }
                 Inspection::Healthy(stats) => println!(
                     "{}: {} feature vectors, {:.1} MiB",
                     path.display(),

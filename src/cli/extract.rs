@@ -12,6 +12,8 @@ use graft::features::file::FeaturesFile;
 use graft::features::{extract, ExtractOptions};
 use graft::retrain::default_bottleneck_dir;
 
+use graft::progress::Progress;
+
 use super::render::Bar;
 use super::values;
 use super::Outcome;
@@ -46,7 +48,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let id: BackboneId = args.backbone.parse()?;
     let bar = Bar::new();
     let backbone = Backbone::load_with(id, args.engine, &bar)?;
-    let entries = scan_images(&args.dir)?;
+    let scan = scan_images(&args.dir)?;
+    for warning in &scan.warnings {
+        bar.message(&format!("warning: {warning}"));
+    }
+    for entry in &scan.skipped {
+        bar.message(&format!("skipped {entry}"));
+    }
+    let entries = scan.images;
     anyhow::ensure!(
         !entries.is_empty(),
         "no images (JPEG, PNG, BMP, GIF, WebP, TIFF) found under {}",
@@ -122,7 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         args.output.display(),
         file.paths.len()
     );
-    Ok(match skipped {
+    Ok(match skipped + scan.skipped.len() {
         0 => Outcome::Done,
         n => Outcome::Skipped(n as u64),
     })

@@ -8,6 +8,8 @@ use anyhow::Context;
 use graft::features::ExtractOptions;
 use graft::predict::{duplicate_ids, expand_inputs, Prediction, Predictor};
 
+use graft::progress::Progress;
+
 use super::render::Bar;
 use super::values;
 use super::Outcome;
@@ -93,7 +95,14 @@ fn render(predictions: &[Prediction], format: Format, top_k: usize) -> anyhow::R
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let bar = Bar::new();
     let predictor = Predictor::load(&args.bundle, &bar)?;
-    let paths = expand_inputs(&args.paths)?;
+    let inputs = expand_inputs(&args.paths)?;
+    for warning in &inputs.warnings {
+        bar.message(&format!("warning: {warning}"));
+    }
+    for entry in &inputs.skipped {
+        bar.message(&format!("skipped {entry}"));
+    }
+    let paths = inputs.paths;
     anyhow::ensure!(!paths.is_empty(), "no images found in the given paths");
     let options = ExtractOptions {
         batch_size: args.batch_size,
@@ -131,7 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }
         None => std::io::stdout().write_all(&text)?,
     }
-    Ok(match skipped.len() {
+    Ok(match skipped.len() + inputs.skipped.len() {
         0 => Outcome::Done,
         n => Outcome::Skipped(n as u64),
     })

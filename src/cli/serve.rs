@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use graft::image::DecodeLimits;
 use graft::predict::Predictor;
-use graft::serve::{BatchOptions, Limits, Options};
+use graft::serve::{BatchOptions, ConnectionLimits, Limits, Options};
 
 use super::render::Bar;
 use super::values;
@@ -21,9 +21,10 @@ pub struct Args {
     /// Address to listen on; port 0 picks a free port (the first line printed names it).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
-    /// Images per backbone run; 1 turns batching off.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
-    max_batch: u32,
+    /// Images per backbone run; 1 turns batching off (default: the fastest measured for the
+    /// backbone on its engine, as for `extract --batch-size`: 1 on the CPU engines today).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    max_batch: Option<u32>,
     /// How long the first image of a batch waits for others, in milliseconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000), allow_hyphen_values = true)]
     max_wait_ms: u64,
@@ -39,6 +40,19 @@ pub struct Args {
     /// Seconds a request may take, upload included.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     request_timeout_s: u64,
+    /// Seconds a client has to send a request's complete header (also how long an idle
+    /// keep-alive connection stays open); slower clients are disconnected.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout_s: u64,
+    /// Client connections open at once, at most; further clients wait to be accepted.
+    /// Lowered to fit under the open-file limit (`ulimit -n`) less 64.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// Megapixels all requests together may be decoding at once. Images of up to a quarter
+    /// of it may use all of it; larger ones share the other three quarters, and an image
+    /// above those is refused (413).
+    #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    decode_budget_mpx: u32,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -47,7 +61,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let options = Options {
         addr: args.addr,
         batch: BatchOptions {
-            max_batch: args.max_batch as usize,
+            max_batch: args
+                .max_batch
+                .map(|n| n as usize)
+                .unwrap_or_else(|| predictor.backbone.preferred_batch_size()),
             max_wait: Duration::from_millis(args.max_wait_ms),
             max_queue: args.max_queue as usize,
         },
@@ -57,6 +74,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             decode: DecodeLimits {
                 max_pixels: args.max_pixels,
             },
+            decode_budget_pixels: u64::from(args.decode_budget_mpx) * 1_000_000,
+        },
+        connections: ConnectionLimits {
+            max_connections: args.max_connections as usize,
+            header_timeout: Duration::from_secs(args.header_timeout_s),
         },
     };
     graft::serve::serve(predictor, options, |addr| {

@@ -29,6 +29,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         (Some(dir), None) => class_folder_counts(dir)?,
         (None, None) => anyhow::bail!("pass a class-folder tree DIR or --labels FILE.csv"),
     };
+    for warning in &stats.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for entry in &stats.skipped {
+        eprintln!("skipped {entry}");
+    }
     print!("{}", class_table(&stats));
     if let (Some(ratio), Some(largest), Some(smallest)) = (
         stats.imbalance_ratio(),
@@ -69,5 +75,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             names.join(", ")
         );
     }
-    Ok(Outcome::Done)
+    Ok(match stats.skipped.len() {
+        0 => Outcome::Done,
+        n => Outcome::Skipped(n as u64),
+    })
 }

@@ -99,7 +99,7 @@ pub struct Args {
     /// Distorted variants per training image in cached mode. 16 matched online mode's
     /// validation accuracy at equal steps (1000) on the grocery photos, with a third of the
     /// forward passes of those 1000 online steps (README, "Distortions").
-    #[arg(long, default_value_t = 16, value_name = "K", value_parser = values::count())]
+    #[arg(long, default_value_t = 16, value_name = "K")]
     distorted_variants: usize,
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::organize::{read_labels_csv, LabelsCsv};
-use super::scan::{relative_slash_path, scan_images};
+use super::scan::{relative_slash_path, scan_images, SkippedEntry};
 use crate::error::{Error, Result};
 use crate::image::{is_supported_image, SUPPORTED_EXTENSIONS};
 
@@ -29,6 +29,10 @@ pub struct Dataset {
     pub classes: Vec<String>,
     /// Sorted by relative path.
     pub images: Vec<LabeledImage>,
+    /// Entries of the folder walk that could not be read, each with its reason.
+    pub skipped: Vec<SkippedEntry>,
+    /// What the folder walk noticed without skipping anything (links not followed).
+    pub scan_warnings: Vec<String>,
 }
 
 /// The id and label column names of a labels CSV meant for `train`/`evaluate`, refusing
@@ -74,9 +78,11 @@ fn resolve_image(root: &Path, id: &str) -> PathBuf {
 impl Dataset {
     /// Every folder that directly holds images is a class, named after the folder, so
     /// nested trees like `train/Fruit/Apple/Granny-Smith/` work. Images directly in the
-    /// root belong to no class and are ignored.
+    /// root belong to no class and are ignored. The class of an image is the folder it
+    /// is listed under; how links are walked is [`scan_images`]'s rule.
     pub fn from_class_folders(root: &Path) -> Result<Dataset> {
-        let entries = scan_images(root)?;
+        let scan = scan_images(root)?;
+        let entries = scan.images;
         // class name -> folder (relative) that defines it
         let mut folders: BTreeMap<String, String> = BTreeMap::new();
         let mut per_image = Vec::with_capacity(entries.len());
@@ -111,7 +117,10 @@ impl Dataset {
                 path: entry.path,
             })
             .collect();
-        Dataset::new(root, classes, images)
+        let mut dataset = Dataset::new(root, classes, images)?;
+        dataset.skipped = scan.skipped;
+        dataset.scan_warnings = scan.warnings;
+        Ok(dataset)
     }
 
     /// Rows of a labels CSV with a header naming its columns: `path,label` or
@@ -176,6 +185,8 @@ impl Dataset {
             root: root.to_path_buf(),
             classes,
             images,
+            skipped: Vec::new(),
+            scan_warnings: Vec::new(),
         })
     }
 
@@ -205,16 +216,18 @@ impl Dataset {
         counts
     }
 
-    /// Classes with fewer than [`MIN_IMAGES_PER_CLASS`] images, as warnings.
+    /// The folder walk's warnings, then classes with fewer than [`MIN_IMAGES_PER_CLASS`]
+    /// images.
     pub fn warnings(&self) -> Vec<String> {
-        self.class_counts()
+        let counts = self.class_counts();
+        let small = counts
             .iter()
             .zip(&self.classes)
             .filter(|(n, _)| **n < MIN_IMAGES_PER_CLASS)
             .map(|(n, name)| {
                 format!("class '{name}' has only {n} image(s); {MIN_IMAGES_PER_CLASS} or more give a more reliable classifier")
-            })
-            .collect()
+            });
+        self.scan_warnings.iter().cloned().chain(small).collect()
     }
 }
 
@@ -242,6 +255,19 @@ mod tests {
         assert_eq!(ds.images[2].relative, "Fruit/Banana/2.JPG");
         assert_eq!(ds.images[2].label, 0);
         assert_eq!(ds.warnings().len(), 2);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_class_folder_linked_from_another_keeps_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "A/1.jpg");
+        touch(dir.path(), "B/2.jpg");
+        std::os::unix::fs::symlink("../B", dir.path().join("A/toB")).unwrap();
+        let ds = Dataset::from_class_folders(dir.path()).unwrap();
+        assert_eq!(ds.classes, vec!["A", "B"]);
+        assert_eq!(ds.class_counts(), vec![1, 1]);
+        assert!(ds.warnings()[0].contains("A/toB"), "{:?}", ds.warnings());
     }
 
     #[test]

@@ -6,4 +6,4 @@ pub mod scan;
 pub mod split;
 pub mod stats;
 
-pub use scan::{scan_images, ImageEntry};
+pub use scan::{scan_images, ImageEntry, Scan, SkippedEntry};

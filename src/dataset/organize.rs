@@ -538,6 +538,7 @@ pub fn organize(
     }
     let targets: HashSet<&Path> = plan.jobs.iter().map(|j| j.target.as_path()).collect();
     let stale = scan_images(&plan.output)?
+        .images
         .into_iter()
         .map(|e| e.path)
         .filter(|p| !targets.contains(p.as_path()))

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::dataset::organize::read_labels_csv;
-use crate::dataset::scan_images;
+use crate::dataset::{scan_images, SkippedEntry};
 use crate::error::{Error, Result};
 
 /// Classes with fewer images than this are flagged: too few to learn from or to
@@ -28,6 +28,10 @@ pub struct ClassStats {
     /// Images directly in the root folder: in no class, so not counted (training
     /// ignores them too).
     pub unassigned: u64,
+    /// Entries of the folder walk that could not be read, each with its reason.
+    pub skipped: Vec<SkippedEntry>,
+    /// What the folder walk noticed without skipping anything (links not followed).
+    pub warnings: Vec<String>,
 }
 
 impl ClassStats {
@@ -44,6 +48,8 @@ impl ClassStats {
             source: source.into(),
             classes,
             unassigned: 0,
+            skipped: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -85,7 +91,8 @@ impl ClassStats {
 pub fn class_folder_counts(root: &Path) -> Result<ClassStats> {
     let mut per_folder: BTreeMap<String, u64> = BTreeMap::new();
     let mut unassigned = 0;
-    for entry in scan_images(root)? {
+    let scan = scan_images(root)?;
+    for entry in scan.images {
         match entry.relative.rsplit_once('/') {
             Some((folder, _)) => *per_folder.entry(folder.to_string()).or_default() += 1,
             None => unassigned += 1,
@@ -114,6 +121,8 @@ pub fn class_folder_counts(root: &Path) -> Result<ClassStats> {
     });
     let mut stats = ClassStats::new(root, counts);
     stats.unassigned = unassigned;
+    stats.skipped = scan.skipped;
+    stats.warnings = scan.warnings;
     Ok(stats)
 }
 

@@ -8,7 +8,9 @@
 //!
 //! Keys hash everything that determines a feature vector: the backbone, the checksum
 //! of its weights, its preprocessing, the image's content hash and a variant tag (for
-//! distorted copies). A renamed image hits; an edited image misses. Each value carries
+//! distorted copies). A renamed image hits; an edited image misses — and so does one
+//! whose EXIF orientation tag alone changed, since the tag is part of the hashed bytes.
+//! Each value carries
 //! a SHA-256 of its own bytes, so a corrupted entry is detected and recomputed.
 
 use std::cell::Cell;
@@ -24,6 +26,10 @@ use crate::error::{Error, Result};
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("features-v1");
 
+/// The version of how an image file becomes a feature vector (decoding, preprocessing);
+/// bumping it retires every entry computed the old way.
+const FEATURES_VERSION: &str = "graft-features/2";
+
 /// What a feature vector depends on, apart from the image.
 #[derive(Debug, Clone)]
 pub struct ModelFingerprint {
@@ -35,7 +41,10 @@ impl ModelFingerprint {
         let preprocess = serde_json::to_string(&backbone.spec().preprocess).unwrap_or_default();
         let mut h = Sha256::new();
         for part in [
-            "graft-features/1",
+            // 2: decoding honours EXIF orientation. A cache written before holds the
+            // features of unturned pixels under the very same file hash, so those entries
+            // must stop matching.
+            FEATURES_VERSION,
             backbone.name(),
             weights_sha256,
             &preprocess,
@@ -517,6 +526,24 @@ mod tests {
         assert_eq!(cache.stats().unwrap().entries, 1);
         assert_eq!(cache.clear().unwrap(), 1);
         assert_eq!(cache.stats().unwrap().entries, 0);
+    }
+
+    #[test]
+    fn entries_from_before_exif_orientation_do_not_match() {
+        // The fingerprint graft wrote before decoding honoured EXIF orientation: its
+        // entries hold unturned features under the same file hashes.
+        let backbone = BackboneId::EfficientNetLite0;
+        let preprocess = serde_json::to_string(&backbone.spec().preprocess).unwrap();
+        let mut h = Sha256::new();
+        for part in ["graft-features/1", backbone.name(), "w", &preprocess] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        let old = ModelFingerprint {
+            digest: h.finalize().into(),
+        };
+        let new = ModelFingerprint::new(backbone, "w");
+        assert_ne!(old.key(&[3; 32], ""), new.key(&[3; 32], ""));
     }
 
     #[test]

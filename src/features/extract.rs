@@ -47,6 +47,16 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// An entry the folder walk left out counts as a skipped input like an unreadable image.
+impl From<crate::dataset::SkippedEntry> for Skipped {
+    fn from(entry: crate::dataset::SkippedEntry) -> Skipped {
+        Skipped {
+            path: entry.path,
+            reason: entry.reason,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ExtractReport {
     /// Images that went through the network.

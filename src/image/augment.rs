@@ -63,7 +63,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::dataset::{scan_images, ImageEntry};
+use crate::dataset::{scan_images, ImageEntry, SkippedEntry};
 use crate::error::{Error, Result};
 use crate::image::{decode_rgb8, DecodeLimits};
 use crate::progress::Progress;
@@ -585,6 +585,8 @@ pub struct AugmentPlan {
     /// Images directly in the source root: in no class, so neither copied nor
     /// augmented (training ignores them too).
     pub unassigned: Vec<ImageEntry>,
+    /// Entries of the source walk that could not be read, each with its reason.
+    pub skipped: Vec<SkippedEntry>,
 }
 
 /// The classes under `src` (a class is a folder that directly holds images) and the
@@ -605,7 +607,8 @@ fn plan_usable(
     }
     let mut classes: BTreeMap<String, Vec<ImageEntry>> = BTreeMap::new();
     let mut unassigned = Vec::new();
-    for entry in scan_images(src)? {
+    let scan = scan_images(src)?;
+    for entry in scan.images {
         match entry.relative.rsplit_once('/') {
             Some((folder, _)) => classes.entry(folder.to_string()).or_default().push(entry),
             None => unassigned.push(entry),
@@ -645,6 +648,7 @@ fn plan_usable(
         AugmentPlan {
             classes: plans,
             unassigned,
+            skipped: scan.skipped,
         },
         failures,
     ))
@@ -746,6 +750,7 @@ pub fn augment_folder(
         AugmentPlan {
             classes: plans,
             unassigned,
+            skipped,
         },
         broken,
     ) = plan_usable(src, options.class_size, |entry| {
@@ -753,6 +758,9 @@ pub fn augment_folder(
             .err()
             .map(|err| format!("{err}; left out of the balanced copy"))
     })?;
+    for entry in &skipped {
+        progress.message(&format!("skipped {entry}"));
+    }
     for failure in &broken {
         progress.message(&format!(
             "skipped {}: {}",
@@ -794,6 +802,10 @@ pub fn augment_folder(
     result?;
 
     let mut failed = failed.into_inner().unwrap_or_default();
+    failed.extend(skipped.into_iter().map(|entry| Failure {
+        path: entry.path,
+        reason: entry.reason,
+    }));
     failed.sort_by(|a, b| a.path.cmp(&b.path));
     let classes = plans
         .iter()

@@ -1,11 +1,17 @@
 //! Decoding image files to 8-bit RGB, as PIL's `Image.open(..).convert('RGB')` does:
 //! alpha is dropped (not composited), palette and grey images are expanded, 16-bit
-//! channels are scaled to 8 bits.
+//! channels are scaled to 8 bits — and pixels are turned upright by their EXIF
+//! orientation, as PIL's `ImageOps.exif_transpose` does, for every format that carries
+//! one (JPEG APP1, PNG eXIf, TIFF, WebP). Phone and handheld photos are stored sideways
+//! with a tag saying so; every command and `serve` decode here, so all of them see the
+//! photo the way a viewer shows it. Callers that re-encode (augment, organize) write
+//! these upright pixels without any EXIF, so no stale tag turns them a second time.
 
 use std::io::Cursor;
 use std::path::Path;
 
-use ::image::{ImageFormat, ImageReader, Limits, RgbImage};
+use ::image::metadata::Orientation;
+use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::error::{Error, Result};
 
@@ -79,15 +85,38 @@ pub fn decode_rgb8_bytes(bytes: &[u8], origin: &Path, limits: DecodeLimits) -> R
     if reader_format(bytes) == Some(ImageFormat::Jpeg) {
         return decode_jpeg_strict(bytes).map_err(decode_err);
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
+    let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| decode_err(e.to_string()))?;
     let mut lim = Limits::default();
     // Room for the decoded pixels at up to 16 bits x 4 channels, plus decoder slack.
     lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
-    reader.limits(lim);
-    let decoded = reader.decode().map_err(|e| decode_err(e.to_string()))?;
-    Ok(decoded.into_rgb8())
+    // `ImageReader::decode` would hide the decoder and with it the orientation; this is
+    // its body, the allocation check included.
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| decode_err(e.to_string()))?;
+    lim.reserve(decoder.total_bytes())
+        .map_err(|e| decode_err(e.to_string()))?;
+    decoder
+        .set_limits(lim)
+        .map_err(|e| decode_err(e.to_string()))?;
+    // A malformed EXIF block is no reason to refuse the pixels: PIL leaves such an image
+    // as stored, and so do we.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let decoded = DynamicImage::from_decoder(decoder).map_err(|e| decode_err(e.to_string()))?;
+    Ok(upright(decoded.into_rgb8(), orientation))
+}
+
+/// `pixels` as stored, turned by their EXIF orientation (rotated after the conversion to
+/// RGB8, where there are the fewest bytes to move).
+fn upright(pixels: RgbImage, orientation: Orientation) -> RgbImage {
+    if orientation == Orientation::NoTransforms {
+        return pixels;
+    }
+    let mut image = DynamicImage::ImageRgb8(pixels);
+    image.apply_orientation(orientation);
+    image.into_rgb8()
 }
 
 fn reader_format(bytes: &[u8]) -> Option<ImageFormat> {
@@ -118,8 +147,15 @@ fn decode_jpeg_strict(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         Some(ColorSpace::Luma) => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
         other => return Err(format!("unsupported JPEG colour space {other:?}")),
     };
-    RgbImage::from_raw(width, height, rgb)
-        .ok_or_else(|| "JPEG pixel data has the wrong size".to_string())
+    // The APP1 Exif segment, read with the headers: the same orientation the `image`
+    // crate's own JPEG decoder would report.
+    let orientation = decoder
+        .exif()
+        .and_then(|exif| Orientation::from_exif_chunk(exif))
+        .unwrap_or(Orientation::NoTransforms);
+    let pixels = RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| "JPEG pixel data has the wrong size".to_string())?;
+    Ok(upright(pixels, orientation))
 }
 
 #[cfg(test)]
@@ -206,5 +242,111 @@ mod tests {
         assert_eq!(rgb.dimensions(), (16, 8));
         let p = rgb.get_pixel(5, 3).0;
         assert!(p[0] == p[1] && p[1] == p[2]);
+    }
+
+    /// A minimal big-endian TIFF block holding only the orientation tag (0x0112), as a
+    /// camera writes it into JPEG APP1 and PNG eXIf.
+    pub(crate) fn exif_orientation(value: u16) -> Vec<u8> {
+        let mut exif = b"MM\0\x2a\0\0\0\x08".to_vec();
+        exif.extend_from_slice(&1u16.to_be_bytes());
+        exif.extend_from_slice(&0x0112u16.to_be_bytes());
+        exif.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+        exif.extend_from_slice(&1u32.to_be_bytes());
+        exif.extend_from_slice(&value.to_be_bytes());
+        exif.extend_from_slice(&[0, 0]);
+        exif.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+        exif
+    }
+
+    fn encode_with_exif(img: &RgbImage, format: ImageFormat, exif: Vec<u8>) -> Vec<u8> {
+        use ::image::{ExtendedColorType, ImageEncoder};
+        let mut out = Vec::new();
+        let (w, h) = img.dimensions();
+        match format {
+            ImageFormat::Png => {
+                let mut enc = ::image::codecs::png::PngEncoder::new(&mut out);
+                enc.set_exif_metadata(exif).unwrap();
+                enc.write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
+                    .unwrap();
+            }
+            ImageFormat::Jpeg => {
+                let mut enc = ::image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 100);
+                enc.set_exif_metadata(exif).unwrap();
+                enc.write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
+                    .unwrap();
+            }
+            ImageFormat::WebP => {
+                let mut enc = ::image::codecs::webp::WebPEncoder::new_lossless(&mut out);
+                enc.set_exif_metadata(exif).unwrap();
+                enc.write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
+                    .unwrap();
+            }
+            other => panic!("no encoder for {other:?} in this test"),
+        }
+        out
+    }
+
+    /// PIL's `exif_transpose`: the stored pixel shown at (x, y) of the upright image.
+    fn pil_transposed(stored: &RgbImage, orientation: u16) -> RgbImage {
+        let (w, h) = stored.dimensions();
+        let swapped = orientation >= 5;
+        let (ow, oh) = if swapped { (h, w) } else { (w, h) };
+        RgbImage::from_fn(ow, oh, |x, y| {
+            let (sx, sy) = match orientation {
+                1 => (x, y),
+                2 => (w - 1 - x, y),
+                3 => (w - 1 - x, h - 1 - y),
+                4 => (x, h - 1 - y),
+                5 => (y, x),
+                6 => (y, h - 1 - x),
+                7 => (w - 1 - y, h - 1 - x),
+                8 => (w - 1 - y, x),
+                _ => unreachable!(),
+            };
+            *stored.get_pixel(sx, sy)
+        })
+    }
+
+    #[test]
+    fn all_eight_exif_orientations_turn_png_and_webp_upright_like_pil() {
+        let stored = RgbImage::from_fn(3, 2, |x, y| ::image::Rgb([x as u8 * 80, y as u8 * 200, 9]));
+        for orientation in 1..=8 {
+            let png = encode_with_exif(&stored, ImageFormat::Png, exif_orientation(orientation));
+            let got = decode_rgb8_bytes(&png, Path::new("o.png"), DecodeLimits::default()).unwrap();
+            assert_eq!(
+                got,
+                pil_transposed(&stored, orientation),
+                "orientation {orientation}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_strict_jpeg_path_honours_exif_orientation_too() {
+        // Big flat quadrants, so JPEG's loss cannot blur which corner went where.
+        let stored = RgbImage::from_fn(32, 16, |x, y| match (x < 16, y < 8) {
+            (true, true) => ::image::Rgb([250, 10, 10]),
+            (false, true) => ::image::Rgb([10, 250, 10]),
+            (true, false) => ::image::Rgb([10, 10, 250]),
+            (false, false) => ::image::Rgb([250, 250, 250]),
+        });
+        for orientation in 1..=8 {
+            let jpg = encode_with_exif(&stored, ImageFormat::Jpeg, exif_orientation(orientation));
+            let got = decode_rgb8_bytes(&jpg, Path::new("o.jpg"), DecodeLimits::default()).unwrap();
+            let want = pil_transposed(&stored, orientation);
+            assert_eq!(
+                got.dimensions(),
+                want.dimensions(),
+                "orientation {orientation}"
+            );
+            let worst = got
+                .as_raw()
+                .iter()
+                .zip(want.as_raw())
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            assert!(worst < 40, "orientation {orientation}: off by {worst}");
+        }
     }
 }

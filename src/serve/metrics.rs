@@ -80,6 +80,12 @@ pub struct Metrics {
     queue_depth: AtomicI64,
     batch_size: Histogram,
     inference_seconds: Histogram,
+    /// Pixels of the images decoding now, and the most there ever were at once.
+    decode_pixels: AtomicU64,
+    decode_pixels_max: AtomicU64,
+    decode_budget: AtomicU64,
+    connections: AtomicI64,
+    max_batch: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -92,6 +98,11 @@ impl Default for Metrics {
             queue_depth: AtomicI64::new(0),
             batch_size: Histogram::new(BATCH_BUCKETS),
             inference_seconds: Histogram::new(LATENCY_BUCKETS),
+            decode_pixels: AtomicU64::new(0),
+            decode_pixels_max: AtomicU64::new(0),
+            decode_budget: AtomicU64::new(0),
+            connections: AtomicI64::new(0),
+            max_batch: AtomicU64::new(0),
         }
     }
 }
@@ -137,6 +148,41 @@ impl Metrics {
 
     pub fn set_queue_depth(&self, depth: usize) {
         self.queue_depth.store(depth as i64, Ordering::Relaxed);
+    }
+
+    /// An image of `pixels` got decode budget and starts decoding.
+    pub fn decode_started(&self, pixels: u64) {
+        let now = self.decode_pixels.fetch_add(pixels, Ordering::AcqRel) + pixels;
+        self.decode_pixels_max.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// An image's decode has ended and its budget is given back.
+    pub fn decode_finished(&self, pixels: u64) {
+        self.decode_pixels.fetch_sub(pixels, Ordering::AcqRel);
+    }
+
+    pub fn decode_pixels_in_flight(&self) -> u64 {
+        self.decode_pixels.load(Ordering::Acquire)
+    }
+
+    pub fn decode_pixels_in_flight_max(&self) -> u64 {
+        self.decode_pixels_max.load(Ordering::Acquire)
+    }
+
+    pub fn set_decode_budget(&self, pixels: u64) {
+        self.decode_budget.store(pixels, Ordering::Relaxed);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn set_max_batch(&self, images: usize) {
+        self.max_batch.store(images as u64, Ordering::Relaxed);
     }
 
     /// The exposition text.
@@ -192,6 +238,38 @@ impl Metrics {
         out.push_str("# TYPE graft_serve_inference_seconds histogram\n");
         self.inference_seconds
             .render(&mut out, "graft_serve_inference_seconds", "");
+        let gauges: [(&str, &str, u64); 5] = [
+            (
+                "graft_serve_decode_pixels_in_flight",
+                "Pixels of the images being decoded now (bounded by the decode budget).",
+                self.decode_pixels_in_flight(),
+            ),
+            (
+                "graft_serve_decode_pixels_in_flight_max",
+                "The most pixels decoding at once since the server started.",
+                self.decode_pixels_in_flight_max(),
+            ),
+            (
+                "graft_serve_decode_budget_pixels",
+                "Pixels all requests together may be decoding at once (--decode-budget-mpx).",
+                self.decode_budget.load(Ordering::Relaxed),
+            ),
+            (
+                "graft_serve_open_connections",
+                "Client connections open now (at most --max-connections).",
+                self.connections.load(Ordering::Relaxed).max(0) as u64,
+            ),
+            (
+                "graft_serve_max_batch",
+                "Images per backbone run, at most (--max-batch).",
+                self.max_batch.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {value}");
+        }
         out
     }
 }

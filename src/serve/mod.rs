@@ -10,14 +10,18 @@
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text format).
 //! - `GET /`: a page to drop photos on and see their labels.
 //!
+//! Connections are accepted by [`conn`] (a bound on open connections, a header-read
+//! timeout); decoding draws on a pixel budget shared by all requests ([`budget`]).
+//!
 //! On SIGTERM or Ctrl-C the server stops accepting connections, finishes the requests
 //! in flight, and returns.
 
 pub mod batcher;
+pub mod budget;
+pub mod conn;
 pub mod metrics;
 pub mod routes;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,14 +30,15 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::sync::Notify;
 
 pub use batcher::BatchOptions;
+pub use conn::ConnectionLimits;
 pub use routes::{Limits, ModelInfo};
 
 use crate::error::{Error, Result};
 use crate::predict::Predictor;
 use batcher::Batcher;
+use budget::DecodeBudget;
 use metrics::Metrics;
 use routes::AppState;
 
@@ -44,6 +49,7 @@ pub struct Options {
     pub addr: String,
     pub batch: BatchOptions,
     pub limits: Limits,
+    pub connections: ConnectionLimits,
 }
 
 /// How long in-flight requests get to finish after a shutdown signal, past their own
@@ -92,6 +98,18 @@ pub fn serve(
         .max_blocking_threads(cores.max(2))
         .build()
         .map_err(|e| Error::Engine(format!("cannot start the async runtime: {e}")))?;
+    metrics.set_max_batch(options.batch.max_batch);
+    let decode_budget = DecodeBudget::new(options.limits.decode_budget_pixels, metrics.clone());
+    if decode_budget.large_share_pixels() < options.limits.decode.max_pixels {
+        tracing::warn!(
+            target: "graft::serve",
+            "images above {} pixels will be refused: large images may use three quarters of \
+             the decode budget; raise --decode-budget-mpx to at least {} to decode everything \
+             up to --max-pixels",
+            decode_budget.large_share_pixels(),
+            options.limits.decode.max_pixels.div_ceil(750_000)
+        );
+    }
     let (batcher, inference) = Batcher::start(predictor, options.batch, metrics.clone())?;
     let state = Arc::new(AppState {
         batcher,
@@ -99,6 +117,7 @@ pub fn serve(
         preprocess,
         metrics,
         limits: options.limits,
+        decode_budget,
         draining: AtomicBool::new(false),
     });
 
@@ -130,13 +149,29 @@ async fn run(
         .map_err(|e| Error::Invalid(format!("cannot read the bound address: {e}")))?;
     // Installed before the address is announced, so an early SIGTERM is already graceful.
     let terminate = terminate_signal();
+    let (max_connections, fd_limit) = conn::fit_to_fd_limit(options.connections.max_connections);
+    if let Some(fd_limit) = fd_limit {
+        tracing::warn!(
+            target: "graft::serve",
+            "--max-connections {} does not fit under the open-file limit ({fd_limit}, see \
+             `ulimit -n`); serving at most {max_connections} connections at once",
+            options.connections.max_connections
+        );
+    }
     on_listening(local);
-    tracing::info!(target: "graft::serve", addr = %local, model = %state.model.id, "listening");
+    tracing::info!(
+        target: "graft::serve",
+        addr = %local,
+        model = %state.model.id,
+        max_batch = options.batch.max_batch,
+        max_connections,
+        header_timeout_s = options.connections.header_timeout.as_secs_f64(),
+        decode_budget_pixels = options.limits.decode_budget_pixels,
+        "listening"
+    );
 
-    let draining = Arc::new(Notify::new());
     let shutdown = {
         let state = state.clone();
-        let draining = draining.clone();
         async move {
             tokio::select! {
                 _ = ctrl_c() => {}
@@ -144,25 +179,30 @@ async fn run(
             }
             tracing::info!(target: "graft::serve", "shutdown signal: finishing the requests in flight");
             state.draining.store(true, Ordering::Release);
-            draining.notify_one();
         }
     };
-    let drain_limit = options.limits.request_timeout + DRAIN_GRACE;
-    let server = axum::serve(
+    let limits = ConnectionLimits {
+        max_connections,
+        ..options.connections
+    };
+    let open = conn::accept_until(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        router(state.clone()),
+        limits,
+        state.metrics.clone(),
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
-    .into_future();
-    tokio::select! {
-        served = server => served.map_err(|e| Error::Invalid(format!("the server stopped: {e}")))?,
-        _ = async { draining.notified().await; tokio::time::sleep(drain_limit).await } => {
-            tracing::warn!(
-                target: "graft::serve",
-                "requests still in flight {} s after the shutdown signal; stopping anyway",
-                drain_limit.as_secs()
-            );
-        }
+    .await;
+    let drain_limit = options.limits.request_timeout + DRAIN_GRACE;
+    if tokio::time::timeout(drain_limit, open.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            target: "graft::serve",
+            "requests still in flight {} s after the shutdown signal; stopping anyway",
+            drain_limit.as_secs()
+        );
     }
     tracing::info!(target: "graft::serve", "stopped");
     Ok(())

@@ -19,6 +19,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::batcher::{Batcher, Reservation};
+use super::budget::{DecodeBudget, Refused};
 use super::metrics::Metrics;
 use crate::backbone::{BackboneId, Preprocess};
 use crate::bundle::SplitSizes;
@@ -86,6 +87,8 @@ pub struct Limits {
     /// From the first byte of a request to its answer, body upload included.
     pub request_timeout: Duration,
     pub decode: DecodeLimits,
+    /// Pixels all requests together may be decoding at once (see [`super::budget`]).
+    pub decode_budget_pixels: u64,
 }
 
 pub struct AppState {
@@ -94,6 +97,8 @@ pub struct AppState {
     pub preprocess: Preprocess,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Pixels decoding at once, for all requests together.
+    pub decode_budget: DecodeBudget,
     /// Set once a shutdown signal arrived: `/readyz` turns 503 so balancers stop sending.
     pub draining: AtomicBool,
 }
@@ -398,22 +403,58 @@ fn check_format(upload: &Upload) -> Result<(), ApiError> {
 
 type Prepared = (Result<Vec<f32>, Error>, Duration);
 
-/// Starts decoding and preprocessing `upload` on the blocking pool, off the async workers
-/// and off the inference thread; several uploads decode in parallel.
-fn start_prepare(state: &AppState, upload: Upload) -> (String, tokio::task::JoinHandle<Prepared>) {
+/// Width and height from the image's header, without decoding it; `None` when the header
+/// cannot be read (the decoder then says why, at once).
+fn header_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    ::image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
+}
+
+/// Decodes and preprocesses `upload` on the blocking pool, off the async workers and off
+/// the inference thread, once its pixels fit in the decode budget. The budget is held by
+/// the blocking task itself, so a decode whose request is gone still counts until it ends.
+async fn prepare(state: Arc<AppState>, upload: Upload) -> Result<(Vec<f32>, Duration), ApiError> {
     let limits = state.limits.decode;
     let spec = state.preprocess;
     let name = upload.name.clone();
+    // Images over --max-pixels or with an unreadable header fail in the decoder before any
+    // pixel is allocated: they take the smallest share.
+    let dimensions = header_dimensions(&upload.bytes);
+    let pixels = match dimensions {
+        Some((w, h)) if u64::from(w) * u64::from(h) <= limits.max_pixels => {
+            u64::from(w) * u64::from(h)
+        }
+        _ => 1,
+    };
+    let permit = match state.decode_budget.acquire(pixels).await {
+        Ok(permit) => permit,
+        Err(Refused::TooLarge { share_pixels }) => {
+            let (width, height) = dimensions.unwrap_or_default();
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "image {name:?} is {width}x{height} pixels, more than the {share_pixels} pixels \
+                     one large image may decode at once (three quarters of the decode budget); \
+                     downscale it or start the server with a larger --decode-budget-mpx"
+                ),
+            ));
+        }
+        Err(Refused::Closed) => return Err(ApiError::busy("the server is shutting down")),
+    };
     let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let started = Instant::now();
         let pixels = decode_rgb8_bytes(&upload.bytes, Path::new(&upload.name), limits)
             .and_then(|rgb| preprocess(&rgb, &spec));
         (pixels, started.elapsed())
     });
-    (name, task)
+    finish_prepare(&name, task).await
 }
 
-/// The pixels of a started [`start_prepare`], or the error answer for its image.
+/// The pixels of a decode started by [`prepare`], or the error answer for its image.
 async fn finish_prepare(
     name: &str,
     task: tokio::task::JoinHandle<Prepared>,
@@ -475,7 +516,7 @@ pub async fn classify(State(state): State<Arc<AppState>>, request: Request) -> R
 }
 
 async fn classify_within(
-    state: &AppState,
+    state: &Arc<AppState>,
     request: Request,
     deadline: tokio::time::Instant,
     started: Instant,
@@ -510,15 +551,40 @@ async fn classify_within(
         ))
     };
     let names: Vec<String> = uploads.iter().map(|u| u.name.clone()).collect();
-    let tasks: Vec<_> = uploads
-        .into_iter()
-        .map(|upload| start_prepare(state, upload))
-        .collect();
+    let count = uploads.len();
     let prepared = tokio::time::timeout_at(deadline, async {
-        let mut prepared = Vec::with_capacity(tasks.len());
-        // All run already; awaiting in order only orders the answers.
-        for (name, task) in tasks {
-            prepared.push(finish_prepare(&name, task).await?);
+        // All images of the request wait for budget and decode concurrently; the set
+        // aborts the waiting ones when the request is dropped.
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, upload) in uploads.into_iter().enumerate() {
+            let state = state.clone();
+            tasks.spawn(async move { (i, prepare(state, upload).await) });
+        }
+        let mut done: Vec<Option<Result<(Vec<f32>, Duration), ApiError>>> =
+            (0..count).map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((i, result)) => done[i] = Some(result),
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "an image's decoding task failed",
+                    ))
+                }
+            }
+        }
+        // The first error in upload order answers for the request.
+        let mut prepared = Vec::with_capacity(count);
+        for result in done {
+            match result {
+                Some(result) => prepared.push(result?),
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "an image's decoding task did not report",
+                    ))
+                }
+            }
         }
         Ok::<_, ApiError>(prepared)
     })
