@@ -44,7 +44,7 @@ onnxruntime-Python needs a looser tolerance than the networks alone.
 
 `install-inception GRAFT_HOME` writes Inception V3's deterministic *formula weights* (the
 stand-in for the real checkpoint that the golden tests use; defined in
-scripts/golden/make_golden.py and src/backbone/formula.rs) as an installed backbone:
+scripts/golden/make_golden.py and src/weights/formula.rs) as an installed backbone:
 GRAFT_HOME/models/inception-v3.safetensors and the inception-v3.json install record, which
 is what `graft models fetch` writes. (`graft models fetch inception-v3 --weights FILE` cannot
 install them: it checks the SHA-256 prefix of torchvision's published checkpoint, whatever the

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check that graft's hand-written TensorBoard event files load in real TensorBoard.
 
-graft writes TFRecord/protobuf event files itself (src/summary.rs), without TensorFlow.
+graft writes TFRecord/protobuf event files itself (src/report/tensorboard.rs), without TensorFlow.
 This dev script loads a summaries folder with TensorBoard's own EventAccumulator and
 prints what it finds, failing when a run or an expected tag is missing or a value is
 not finite. It is a developer check, not part of the test suite: it needs the

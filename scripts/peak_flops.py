@@ -11,8 +11,8 @@ Prints, for an ONNX file written by `graft export-onnx`:
 
     python scripts/peak_flops.py target/bench-extract/inception-v3.onnx --batch 8,16,32
 
-Run it in the benchmark venv (onnxruntime, onnx, numpy), on a quiet machine. Used in the
-README to show that Inception V3 is compute-bound at the float32 peak on this machine.
+Run it in the benchmark venv (onnxruntime, onnx, numpy), on a quiet machine. Used in
+docs/benchmarks.md to show that Inception V3 is compute-bound at the float32 peak on this machine.
 """
 
 import argparse

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::{Backbone, BackboneId, Preprocess};
+use crate::backbone::{BackboneId, Preprocess};
+use crate::engine::Backbone;
 use crate::error::{Error, Result};
 use crate::head::HeadWeights;
 

@@ -9,12 +9,16 @@
 //!
 //! - [`dataset`]: scanning folders, labels, organizing a labelled CSV into class folders.
 //! - [`image`]: decoding, preprocessing for a backbone, augmentation.
-//! - [`backbone`]: the networks (one definition each), their weights, the engines that run them.
+//! - [`backbone`]: the networks, one definition each, and the per-backbone table of facts.
+//! - [`weights`]: fetching, verifying, converting and reading the networks' weights.
+//! - [`engine`]: running a network: the burn interpreter and its kernels, onnxruntime,
+//!   ONNX writing, and [`engine::Backbone`], a network with its weights on an engine.
 //! - [`features`]: batch feature extraction.
 
 pub mod backbone;
 pub mod bundle;
 pub mod dataset;
+pub mod engine;
 pub mod error;
 pub mod evaluate;
 pub mod features;
@@ -28,6 +32,6 @@ pub mod progress;
 pub mod report;
 pub mod retrain;
 pub mod serve;
-pub mod summary;
+pub mod weights;
 
 pub use error::{Error, Result};

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::backbone::Backbone;
 use crate::bundle::Bundle;
 use crate::dataset::{scan_images, SkippedEntry};
+use crate::engine::Backbone;
 use crate::error::{Error, Result};
 use crate::features::{extract_views, ExtractOptions, Job, Skipped};
 use crate::image::distort::View;

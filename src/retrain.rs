@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::backbone::{Backbone, BackboneId};
+use crate::backbone::BackboneId;
 use crate::bundle::{Bundle, Manifest, SplitSizes, FORMAT_VERSION};
 use crate::dataset::classes::Dataset;
 use crate::dataset::split::{which_split, Split};
+use crate::engine::Backbone;
 use crate::error::{Error, Result};
 use crate::features::cache::FeatureCache;
 use crate::features::cached::{cached_features, cached_views, ViewRequest};
@@ -21,7 +22,7 @@ use crate::image::distort::Distortions;
 use crate::metrics::{evaluate, Evaluation};
 use crate::progress::Progress;
 use crate::report::curves::{training_curves_png, CurvePoint};
-use crate::summary::SummaryWriter;
+use crate::report::tensorboard::SummaryWriter;
 
 /// Where the labelled images come from.
 #[derive(Clone, Debug)]

@@ -1,15 +1,16 @@
 //! Golden numeric tests: graft's networks against PyTorch on the same inputs.
 //! Fixtures come from `scripts/golden/make_golden.py` (see its README): EfficientNet-Lite0
 //! with its real published weights, Inception V3 with deterministic formula weights that
-//! `graft::backbone::formula` regenerates here, bit for bit.
+//! `graft::weights::formula` regenerates here, bit for bit.
 
 use std::path::{Path, PathBuf};
 
-use graft::backbone::formula::formula_tensor;
-use graft::backbone::weights::{self, TensorData, TensorMap};
-use graft::backbone::{graph, Backbone, BackboneId};
+use graft::backbone::{graph, BackboneId};
+use graft::engine::Backbone;
 use graft::image::preprocess::{crop_resize, normalize_into};
 use graft::image::{decode_rgb8, DecodeLimits};
+use graft::weights::formula::formula_tensor;
+use graft::weights::{self, TensorData, TensorMap};
 use serde_json::Value;
 
 /// Largest |got - want| relative to the largest |want|.

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use graft::backbone::weights::load_safetensors;
+use graft::weights::load_safetensors;
 
 fn graft(home: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_graft"))

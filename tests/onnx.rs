@@ -7,13 +7,14 @@
 
 use std::path::{Path, PathBuf};
 
-use graft::backbone::formula::formula_tensor;
-use graft::backbone::ort_engine::OrtNet;
-use graft::backbone::weights::{self, TensorData, TensorMap};
-use graft::backbone::{folded_graph, graph, Backbone, BackboneId, Engine, EngineChoice};
+use graft::backbone::{graph, BackboneId};
+use graft::engine::onnxruntime::OrtNet;
+use graft::engine::{folded_graph, Backbone, Engine, EngineChoice};
 use graft::image::preprocess::{crop_resize, normalize_into};
 use graft::image::{decode_rgb8, DecodeLimits};
 use graft::progress::Silent;
+use graft::weights::formula::formula_tensor;
+use graft::weights::{self, TensorData, TensorMap};
 
 /// Largest |onnxruntime - burn| relative to the largest |burn|.
 const TOLERANCE: f32 = 1e-4;

@@ -56,7 +56,7 @@ GAIN * E[t^2] / E[running_var] / 2 = GAIN / 5); 4 lets the image signal fade, 6 
 about 10x; `--sweep-gain` prints the statistics.
 
 The float64 expressions are evaluated exactly in the order written (no fused multiply-add),
-so src/backbone/formula.rs produces the same float32 bits wherever the platform's libm sin
+so src/weights/formula.rs produces the same float32 bits wherever the platform's libm sin
 agrees with Python's math.sin (both call the C library's sin; on a libm that differs by
 1 ulp in float64, the float32 result almost never changes, and never by more than 1 ulp).
 """
@@ -108,7 +108,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Banana and bell pepper are ImageNet classes; the milk carton is not, so it is not checked.
 EXPECTED_LITE0_TOP1 = {"banana": 954, "green-bell-pepper": 945}
 
-# Formula values printed for src/backbone/formula.rs's unit test: (key, shape, flat index).
+# Formula values printed for src/weights/formula.rs's unit test: (key, shape, flat index).
 FORMULA_SAMPLES = [
     ("Conv2d_1a_3x3.conv.weight", (32, 3, 3, 3), 0),
     ("Conv2d_1a_3x3.conv.weight", (32, 3, 3, 3), 863),
@@ -349,7 +349,7 @@ def make_preprocess(dataset: Path, out: Path) -> None:
 
 
 def print_formula_samples(gain: float) -> None:
-    print("formula samples for src/backbone/formula.rs (key, shape, index, float32 value):")
+    print("formula samples for src/weights/formula.rs (key, shape, index, float32 value):")
     for key, shape, index in FORMULA_SAMPLES:
         value = formula_tensor(key, shape, gain).ravel()[index]
         print(f"  {key} {shape} [{index}] = {float(value)!r}  (bits 0x{value.view(np.uint32):08x})")

@@ -124,7 +124,7 @@ pub struct BackboneSpec {
 }
 
 /// Default images per forward pass on each engine, measured end to end over the same
-/// photos on a 2-core CPU (README, "Speed"). Larger batches only pay where the engine's
+/// photos on a 2-core CPU (docs/benchmarks.md). Larger batches only pay where the engine's
 /// per-call overhead is large against the work of one image.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineBatch {

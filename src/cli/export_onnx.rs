@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use graft::backbone::{onnx, weights, BackboneId};
+use graft::backbone::BackboneId;
+use graft::engine::onnx;
+use graft::weights;
 
 use super::render::Bar;
 use super::Outcome;

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use graft::backbone::{Backbone, BackboneId, EngineChoice};
+use graft::backbone::BackboneId;
 use graft::dataset::scan_images;
+use graft::engine::{Backbone, EngineChoice};
 use graft::features::cache::FeatureCache;
 use graft::features::cached::cached_features;
 use graft::features::file::FeaturesFile;

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use graft::backbone::imagenet::{top_k, IMAGENET_CLASSES};
-use graft::backbone::{Backbone, BackboneId};
+use graft::backbone::BackboneId;
+use graft::engine::Backbone;
 use graft::features::{extract, ExtractOptions};
 
 use super::render::Bar;

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use graft::backbone::{weights, BackboneId, Filter};
+use graft::backbone::{BackboneId, Filter};
 use graft::progress::Progress;
+use graft::weights;
 
 use super::render::Bar;
 use super::Outcome;

@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4000, value_parser = values::count())]
     how_many_training_steps: usize,
     /// Step size. retrain.py uses 0.01 with plain gradient descent; graft's default is
-    /// Adam at 0.001, which reaches a tuned logistic regression's accuracy (see README).
+    /// Adam at 0.001, which reaches a tuned logistic regression's accuracy (docs/accuracy.md).
     #[arg(long, default_value_t = 0.001, value_parser = values::learning_rate, allow_hyphen_values = true)]
     learning_rate: f64,
     #[arg(long, default_value_t = 100, value_parser = values::count())]
@@ -98,7 +98,7 @@ pub struct Args {
     distortion_mode: DistortionMode,
     /// Distorted variants per training image in cached mode. 16 matched online mode's
     /// validation accuracy at equal steps (1000) on the grocery photos, with a third of the
-    /// forward passes of those 1000 online steps (README, "Distortions").
+    /// forward passes of those 1000 online steps (docs/accuracy.md, "Distortions").
     #[arg(long, default_value_t = 16, value_name = "K")]
     distorted_variants: usize,
 }

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::cache::{hash_file, FeatureCache, Lookup, ModelFingerprint};
 use super::extract::{extract_views, ExtractOptions, Job, Skipped};
-use crate::backbone::Backbone;
+use crate::engine::Backbone;
 use crate::error::Result;
 use crate::image::distort::View;
 use crate::progress::Progress;

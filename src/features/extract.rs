@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::backbone::Backbone;
+use crate::engine::Backbone;
 use crate::error::{Error, Result};
 use crate::image::distort::{prepare, View};
 use crate::image::{decode_rgb8, DecodeLimits};

@@ -4,6 +4,7 @@ pub mod chart;
 pub mod confusion;
 pub mod curves;
 pub mod html;
+pub mod tensorboard;
 
 use std::fmt::Write as _;
 

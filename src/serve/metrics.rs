@@ -1,7 +1,8 @@
 //! The server's counters, rendered in the Prometheus text exposition format (version
 //! 0.0.4). Hand-written: a few atomics and fixed-bucket histograms are all it takes, and
 //! every update is lock-free except the per-route maps, which see one short lock per
-//! request.
+//! request. `prometheus-client` is the crate to move to when the metric set grows (more
+//! labels, OpenMetrics); for these counters it would replace little.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

@@ -16,11 +16,11 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::engine::Outputs;
-use super::graph::{Graph, Shape};
-use super::weights::TensorMap;
+use super::burn::Outputs;
+use crate::backbone::graph::{Graph, Shape};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
+use crate::weights::TensorMap;
 
 /// The pip requirement the runtime comes from: any 1.x from 1.17, the oldest release
 /// whose C API the `ort` crate speaks, so pip can pick a wheel for the local Python.

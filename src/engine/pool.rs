@@ -135,7 +135,7 @@ pub fn avg_pool(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backbone::conv::tests::assert_close;
+    use crate::engine::conv::tests::assert_close;
     use burn::tensor::module::{avg_pool2d, max_pool2d};
     use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
     use burn::tensor::{Device, Tensor, TensorData};

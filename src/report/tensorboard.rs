@@ -5,7 +5,8 @@
 //! by hand: the framing is a length and two CRC32C checksums, and the three messages we
 //! need (Event, Summary with its Value, HistogramProto) take a few varint/fixed64
 //! helpers. A protobuf toolchain (code generator, build script, runtime crate) for three
-//! messages would be far heavier than these sixty lines.
+//! messages would be far heavier than these sixty lines, and the `tensorboard-rs` crate
+//! brings the old `protobuf` 2 runtime and a second, older `image` crate with it.
 //!
 //! Event files are append-only logs that TensorBoard reads while training runs, so they
 //! are deliberately not written atomically: each record is self-checking, and a reader

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
-use super::graph::{Activation, Graph, Node, Op, Value};
-use super::weights::{TensorData, TensorMap};
+use crate::backbone::graph::{Activation, Graph, Node, Op, Value};
 use crate::error::{Error, Result};
+use crate::weights::{TensorData, TensorMap};
 
 fn get<'a>(tensors: &'a TensorMap, key: &str) -> Result<&'a TensorData> {
     tensors

@@ -7,10 +7,10 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData as BurnData};
 
 use super::conv::DenseConv;
-use super::graph::{Activation, Graph, Op, Shape};
 use super::pool;
-use super::weights::TensorMap;
+use crate::backbone::graph::{Activation, Graph, Op, Shape};
 use crate::error::{Error, Result};
+use crate::weights::TensorMap;
 
 /// A prepared step: the graph op plus its weights already on the device.
 enum Step {

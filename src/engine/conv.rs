@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::graph::Activation;
+use crate::backbone::graph::Activation;
 
 /// Largest im2col buffer per thread, in values (4 MiB of f32): bounds memory on big
 /// images and keeps the buffer near the cache.

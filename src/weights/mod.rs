@@ -7,6 +7,9 @@
 //! the weights came from and the SHA-256 of both files, so a truncated or corrupted
 //! install is refused at load time instead of producing wrong features.
 
+pub mod formula;
+pub mod pth;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backbone::pth;
 use crate::backbone::spec::{BackboneId, WeightsSource};
 use crate::error::{Error, Result};
 use crate::fsx;
@@ -456,7 +458,7 @@ fn install(
     checkpoint: Checkpoint,
     progress: &dyn Progress,
 ) -> Result<PathBuf> {
-    let tensors = pth::float_tensors(pth::read_pth_bytes(&checkpoint.origin, &checkpoint.bytes)?);
+    let tensors = pth::read_pth_bytes(&checkpoint.origin, &checkpoint.bytes)?;
     drop(checkpoint.bytes);
     let path = safetensors_path(models, id);
     progress.message(&format!(

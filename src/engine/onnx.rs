@@ -7,13 +7,14 @@
 //! The protobuf encoding is written by hand: ONNX needs eight small messages, whose wire
 //! format is a few lines of varint and length-delimited fields, while the generated-code
 //! route (prost-build) needs `protoc` on the build machine and the published
-//! pre-generated crates pull in a whole protobuf runtime for what is a write-only use.
+//! pre-generated crates (`onnx-protobuf`) pull in a whole protobuf runtime for what is a
+//! write-only use.
 //! Field numbers are those of `onnx.proto` (cited at each message below).
 
-use super::graph::{Activation, Graph, Op, Shape, Value};
-use super::weights::{TensorData, TensorMap};
-use super::BackboneId;
+use crate::backbone::graph::{Activation, Graph, Op, Shape, Value};
+use crate::backbone::BackboneId;
 use crate::error::{Error, Result};
+use crate::weights::{TensorData, TensorMap};
 
 /// ONNX IR version 8 is the one that goes with opset 17.
 const IR_VERSION: u64 = 8;
