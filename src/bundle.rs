@@ -117,6 +117,65 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// Refuses label lists a classifier cannot answer with: none, fewer than two, blank or
+/// repeated names (two classes no answer can tell apart), or a `labels.txt` that lists
+/// other labels than the manifest (one of them was edited).
+fn check_labels(dir: &Path, labels: &[String]) -> Result<()> {
+    let refuse = |reason: String| {
+        Error::invalid_input(
+            dir.join(MANIFEST),
+            format!("{reason}; restore the model folder written by `graft train` or retrain"),
+        )
+    };
+    if labels.len() < 2 {
+        return Err(refuse(format!(
+            "lists {} label(s); a model needs at least 2 classes",
+            labels.len()
+        )));
+    }
+    if let Some(i) = labels.iter().position(|l| l.trim().is_empty()) {
+        return Err(refuse(format!("label {} is blank", i + 1)));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for label in labels {
+        if !seen.insert(label) {
+            return Err(refuse(format!("lists the label '{label}' twice")));
+        }
+    }
+    let labels_path = dir.join(LABELS);
+    if let Ok(text) = std::fs::read_to_string(&labels_path) {
+        let listed: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        if listed != labels.iter().map(String::as_str).collect::<Vec<_>>() {
+            return Err(Error::invalid_input(
+                &labels_path,
+                format!(
+                    "lists {} label(s) ({}) but {MANIFEST} lists {} ({}); one of them was \
+                     edited: restore the model folder or retrain",
+                    listed.len(),
+                    preview(&listed),
+                    labels.len(),
+                    preview(&labels.iter().map(String::as_str).collect::<Vec<_>>())
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first few labels, for a message.
+fn preview(labels: &[&str]) -> String {
+    let mut text = labels
+        .iter()
+        .take(5)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if labels.len() > 5 {
+        text.push_str(", ...");
+    }
+    text
+}
+
 impl Bundle {
     /// Writes the bundle to `dir`, replacing an existing bundle there atomically.
     ///
@@ -251,6 +310,7 @@ impl Bundle {
                 manifest.feature_dim
             )));
         }
+        check_labels(dir, &manifest.labels)?;
         Ok(Bundle { manifest, head })
     }
 

@@ -91,8 +91,13 @@ impl Predictor {
         self.bundle.head.probabilities(features)
     }
 
+    /// `k` labels per image as asked, at most as many as the model has (as serve does).
+    pub fn effective_k(&self, k: usize) -> usize {
+        k.clamp(1, self.bundle.manifest.labels.len().max(1))
+    }
+
     fn scored(&self, probs: &[f32], k: usize) -> Vec<Scored> {
-        top_k(probs, k)
+        top_k(probs, self.effective_k(k))
             .into_iter()
             .map(|(i, score)| Scored {
                 label: self.bundle.manifest.labels[i].clone(),
@@ -164,13 +169,29 @@ impl Predictor {
                         .file_stem()
                         .map(|s| s.to_string_lossy().into_owned())
                         .unwrap_or_default(),
-                    top: self.scored(&probs, k.max(1)),
+                    top: self.scored(&probs, k),
                 });
                 Ok(())
             },
         )?;
         Ok((predictions, report.skipped))
     }
+}
+
+/// Pairs of predictions that share an `image_id` (`x.jpg` and `x.png` in one folder, or
+/// `a/x.jpg` and `b/x.jpg`): a submission keyed by id cannot tell them apart. Each
+/// later file is paired with the first one of its id. `predictions` must be sorted by id.
+pub fn duplicate_ids(predictions: &[Prediction]) -> Vec<(&Prediction, &Prediction)> {
+    let mut out = Vec::new();
+    let mut first = 0;
+    for i in 1..predictions.len() {
+        if predictions[i].image_id == predictions[first].image_id {
+            out.push((&predictions[first], &predictions[i]));
+        } else {
+            first = i;
+        }
+    }
+    out
 }
 
 /// Validates `--tta N`.

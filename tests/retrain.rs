@@ -44,6 +44,18 @@ impl Run {
         self
     }
 
+    /// Fails unless the command line was refused (exit code 2) with every `needle` in stderr.
+    fn assert_usage_error(&self, needles: &[&str]) {
+        assert_eq!(self.code, Some(2), "expected a refusal:\n{}", self.both());
+        for needle in needles {
+            assert!(
+                self.stderr.contains(needle),
+                "stderr lacks {needle:?}:\n{}",
+                self.both()
+            );
+        }
+    }
+
     /// Fails unless the run failed with exit code 1 and stderr contains every `needle`.
     fn assert_error(&self, needles: &[&str]) {
         assert_eq!(self.code, Some(1), "expected a failure:\n{}", self.both());
@@ -1028,7 +1040,7 @@ fn bad_distortion_flags_are_refused() {
         &out,
         &[s(&data), "--random-brightness", "150"],
     )
-    .assert_error(&["--random-brightness 150", "0 to 100"]);
+    .assert_usage_error(&["--random-brightness", "150", "at most 100"]);
     train(
         tmp.path(),
         &bottlenecks,
@@ -1080,7 +1092,7 @@ fn test_time_augmentation_averages_views_in_predict_and_evaluate() {
         tmp.path(),
         &["predict", s(&shared.model), s(&banana), "--tta", "11"],
     )
-    .assert_error(&["--tta 11", "10 views"]);
+    .assert_usage_error(&["--tta 11", "10 views"]);
 
     let eval_dir = tmp.path().join("eval");
     let run = graft(

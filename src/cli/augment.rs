@@ -7,6 +7,7 @@ use graft::image::augment::{augment_folder, AugmentOptions, AugmentSettings, Fil
 use graft::image::DecodeLimits;
 
 use super::render::Bar;
+use super::values;
 use super::Outcome;
 
 #[derive(clap::Args)]
@@ -19,22 +20,22 @@ pub struct Args {
     output: PathBuf,
     /// Images per class afterwards, exactly; larger classes are copied unchanged. (The
     /// seed made floor(600/count)-1 copies of each image, which misses the target.)
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = values::count_u64())]
     class_size: u64,
     /// Degrees of random rotation, either way.
-    #[arg(long, default_value_t = 40.0)]
+    #[arg(long, default_value_t = 40.0, value_parser = values::degrees, allow_hyphen_values = true)]
     rotation_range: f64,
     /// Random shift as a fraction of the width (1 or more: pixels).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = values::shift, allow_hyphen_values = true)]
     width_shift_range: f64,
     /// Random shift as a fraction of the height (1 or more: pixels).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = values::shift, allow_hyphen_values = true)]
     height_shift_range: f64,
     /// Shear angle in degrees (as current Keras).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = values::shear_degrees, allow_hyphen_values = true)]
     shear_range: f64,
-    /// Zoom: factors drawn from [1 - z, 1 + z], separately for x and y.
-    #[arg(long, default_value_t = 0.2)]
+    /// Zoom: factors drawn from [1 - z, 1 + z], separately for x and y (z from 0 to 0.95).
+    #[arg(long, default_value_t = 0.2, value_parser = values::zoom, allow_hyphen_values = true)]
     zoom_range: f64,
     /// Flip half of the copies left-right. On by default, as in the seed;
     /// `--horizontal-flip=false` turns it off.
@@ -60,19 +61,19 @@ pub struct Args {
     )]
     vertical_flip: bool,
     /// Random brightness factor range, such as 0.8,1.2.
-    #[arg(long, value_name = "A,B", value_parser = parse_pair)]
+    #[arg(long, value_name = "A,B", value_parser = values::brightness_pair, allow_hyphen_values = true)]
     brightness_range: Option<(f64, f64)>,
     /// How pixels pulled from outside the image are filled.
     #[arg(long, value_enum, default_value_t = FillMode::Nearest)]
     fill_mode: FillMode,
     /// Grey level (0-255) for --fill-mode constant.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = values::grey_level, allow_hyphen_values = true)]
     cval: f64,
     /// Random seed: the same seed writes the same files, whatever the thread count.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// JPEG quality of the augmented copies, 1 to 100.
-    #[arg(long, default_value_t = 95)]
+    #[arg(long, default_value_t = 95, value_parser = values::jpeg_quality())]
     quality: u8,
 }
 
@@ -82,18 +83,6 @@ enum FillMode {
     Constant,
     Reflect,
     Wrap,
-}
-
-fn parse_pair(text: &str) -> Result<(f64, f64), String> {
-    let parse = |s: &str| {
-        s.trim()
-            .parse::<f64>()
-            .map_err(|_| format!("{text:?} is not two numbers A,B such as 0.8,1.2"))
-    };
-    match text.split_once(',') {
-        Some((a, b)) => Ok((parse(a)?, parse(b)?)),
-        None => Err(format!("{text:?} is not two numbers A,B such as 0.8,1.2")),
-    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {

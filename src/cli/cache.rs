@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use graft::features::cache::FeatureCache;
+use graft::features::cache::{self, Inspection};
 use graft::retrain::default_bottleneck_dir;
 
 use super::Outcome;
@@ -25,23 +25,51 @@ pub enum CacheCommand {
 pub fn run(cmd: CacheCommand) -> anyhow::Result<Outcome> {
     match cmd {
         CacheCommand::Stats { bottleneck_dir } => {
-            let cache = FeatureCache::open(&bottleneck_dir.unwrap_or_else(default_bottleneck_dir))?;
-            let stats = cache.stats()?;
-            println!(
-                "{}: {} feature vectors, {:.1} MiB",
-                cache.path().display(),
-                stats.entries,
-                stats.file_bytes as f64 / (1024.0 * 1024.0)
-            );
+            let dir = bottleneck_dir.unwrap_or_else(default_bottleneck_dir);
+            let path = dir.join(cache::FILE_NAME);
+            match cache::inspect(&dir)? {
+                Inspection::Absent => {
+                    println!("{}: 0 feature vectors (no cache file yet)", path.display())
+                }
+                Inspection::Healthy(stats) => println!(
+                    "{}: {} feature vectors, {:.1} MiB",
+                    path.display(),
+                    stats.entries,
+                    mib(stats.file_bytes)
+                ),
+                Inspection::Damaged { file_bytes, reason } => println!(
+                    "{}: damaged feature cache ({reason}), {:.1} MiB; the next train or \
+                     extract moves it aside and starts a new one, `graft cache clear` deletes it",
+                    path.display(),
+                    mib(file_bytes)
+                ),
+            }
         }
         CacheCommand::Clear { bottleneck_dir } => {
-            let cache = FeatureCache::open(&bottleneck_dir.unwrap_or_else(default_bottleneck_dir))?;
-            let removed = cache.clear()?;
+            let dir = bottleneck_dir.unwrap_or_else(default_bottleneck_dir);
+            let cleared = cache::clear_dir(&dir)?;
             println!(
-                "{}: removed {removed} feature vectors",
-                cache.path().display()
+                "{}: removed {} feature vectors",
+                dir.join(cache::FILE_NAME).display(),
+                cleared.entries
             );
+            for (file, reason) in &cleared.removed_files {
+                match reason {
+                    Some(reason) => println!(
+                        "deleted {} (graft's own feature cache, damaged: {reason})",
+                        file.display()
+                    ),
+                    None => println!(
+                        "deleted {} (a damaged feature cache graft had moved aside)",
+                        file.display()
+                    ),
+                }
+            }
         }
     }
     Ok(Outcome::Done)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }

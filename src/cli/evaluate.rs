@@ -8,6 +8,7 @@ use graft::retrain::default_bottleneck_dir;
 
 use super::render::Bar;
 use super::source::SourceArgs;
+use super::values;
 use super::Outcome;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -35,11 +36,11 @@ pub struct Args {
     bottleneck_dir: Option<PathBuf>,
     /// Images per backbone forward pass (default: the fastest measured for the backbone
     /// on its engine; 1 for the EfficientNet-Lite models).
-    #[arg(long)]
+    #[arg(long, value_parser = values::batch_size())]
     batch_size: Option<usize>,
     /// Test-time augmentation: average the softmax over N views of each image (1 = off;
     /// up to 10: original, mirror, four 90% corner crops and their mirrors).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = values::tta)]
     tta: usize,
 }
 

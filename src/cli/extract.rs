@@ -16,6 +16,7 @@ use graft::retrain::default_bottleneck_dir;
 use graft::progress::Progress;
 
 use super::render::Bar;
+use super::values;
 use super::Outcome;
 
 #[derive(clap::Args)]
@@ -30,7 +31,7 @@ pub struct Args {
     output: PathBuf,
     /// Images per backbone forward pass (default: the fastest measured for the backbone
     /// on its engine; 1 for the EfficientNet-Lite models).
-    #[arg(long)]
+    #[arg(long, value_parser = values::batch_size())]
     batch_size: Option<usize>,
     /// Feature cache folder (default: <graft home>/bottlenecks).
     #[arg(long)]

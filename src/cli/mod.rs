@@ -19,6 +19,7 @@ mod serve;
 mod source;
 mod stats;
 mod train;
+mod values;
 
 #[derive(Parser)]
 #[command(

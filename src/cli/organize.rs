@@ -7,6 +7,7 @@ use graft::image::DecodeLimits;
 use graft::progress::Progress;
 
 use super::render::Bar;
+use super::values;
 use super::Outcome;
 
 /// How many stale or unlabelled files are named before "... and N more".
@@ -28,7 +29,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Format::Jpg)]
     format: Format,
     /// JPEG quality, 1 to 100 (with --format jpg).
-    #[arg(long, default_value_t = 95)]
+    #[arg(long, default_value_t = 95, value_parser = values::jpeg_quality())]
     quality: u8,
     /// Leave out rows whose image file is missing, instead of refusing the CSV.
     #[arg(long)]

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use graft::features::ExtractOptions;
-use graft::predict::{expand_inputs, Prediction, Predictor};
+use graft::predict::{duplicate_ids, expand_inputs, Prediction, Predictor};
 
 use graft::progress::Progress;
 
 use super::render::Bar;
+use super::values;
 use super::Outcome;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -27,8 +28,8 @@ pub struct Args {
     /// Image files or folders (walked recursively).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Labels per image.
-    #[arg(long, default_value_t = 1)]
+    /// Labels per image (at most the model's class count are shown).
+    #[arg(long, default_value_t = 1, value_parser = values::count())]
     top_k: usize,
     /// `csv` writes the submission format `image_id,label` (plus score columns when
     /// --top-k > 1).
@@ -39,11 +40,11 @@ pub struct Args {
     output: Option<PathBuf>,
     /// Images per backbone forward pass (default: the fastest measured for the backbone
     /// on its engine; 1 for the EfficientNet-Lite models).
-    #[arg(long)]
+    #[arg(long, value_parser = values::batch_size())]
     batch_size: Option<usize>,
     /// Test-time augmentation: average the softmax over N views of each image (1 = off;
     /// up to 10: original, mirror, four 90% corner crops and their mirrors).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = values::tta)]
     tta: usize,
 }
 
@@ -112,8 +113,21 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if matches!(args.format, Format::Csv) {
         // Submission rows in a stable order, whatever order the files were given in.
         predictions.sort_by(|a, b| a.image_id.cmp(&b.image_id).then(a.path.cmp(&b.path)));
+        // Ids stay the file stems the submission format asks for; a clash is said, not
+        // renamed away, so that the user decides which file the id means.
+        for (first, other) in duplicate_ids(&predictions) {
+            eprintln!(
+                "warning: image_id '{}' is written twice: for {} (label {}) and for {} (label {}); \
+                 rename one of the files so every id names one image",
+                first.image_id,
+                first.path.display(),
+                first.top.first().map(|s| s.label.as_str()).unwrap_or(""),
+                other.path.display(),
+                other.top.first().map(|s| s.label.as_str()).unwrap_or("")
+            );
+        }
     }
-    let text = render(&predictions, args.format, args.top_k.max(1))?;
+    let text = render(&predictions, args.format, predictor.effective_k(args.top_k))?;
     match &args.output {
         Some(path) => {
             graft::fsx::write_atomic(path, &text)

@@ -11,6 +11,7 @@ use graft::predict::Predictor;
 use graft::serve::{BatchOptions, ConnectionLimits, Limits, Options};
 
 use super::render::Bar;
+use super::values;
 use super::Outcome;
 
 #[derive(clap::Args)]
@@ -25,7 +26,7 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     max_batch: Option<u32>,
     /// How long the first image of a batch waits for others, in milliseconds.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000), allow_hyphen_values = true)]
     max_wait_ms: u64,
     /// Images waiting for the network, at most; past it requests get 503 with Retry-After.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -34,7 +35,7 @@ pub struct Args {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=4096))]
     max_body_mb: u32,
     /// Largest image, in pixels (width x height): guards against decompression bombs.
-    #[arg(long, default_value_t = DecodeLimits::default().max_pixels)]
+    #[arg(long, default_value_t = DecodeLimits::default().max_pixels, value_parser = values::count_u64())]
     max_pixels: u64,
     /// Seconds a request may take, upload included.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]

@@ -9,7 +9,8 @@ pub struct SourceArgs {
     /// Folder with one sub-folder of images per class (nested trees work).
     #[arg(required_unless_present = "labels")]
     image_dir: Option<PathBuf>,
-    /// CSV of `path,label` rows instead of class folders.
+    /// CSV of labelled images instead of class folders, with a header line: `path,label`
+    /// or `image_id,label` (an id without extension names `<id>.<ext>`).
     #[arg(long, conflicts_with = "image_dir")]
     labels: Option<PathBuf>,
     /// Folder the CSV's paths are relative to (default: the CSV's folder).
@@ -20,10 +21,18 @@ pub struct SourceArgs {
 impl SourceArgs {
     pub fn source(&self) -> anyhow::Result<ImageSource> {
         Ok(match (&self.image_dir, &self.labels) {
-            (_, Some(labels)) => ImageSource::Csv {
-                labels: labels.clone(),
-                images: self.images.clone(),
-            },
+            (_, Some(labels)) => {
+                let csv = graft::dataset::organize::read_labels_csv(labels)?;
+                let (id, label) = graft::dataset::classes::labels_csv_columns(&csv)?;
+                eprintln!(
+                    "{}: reading the column '{id}' as the image and '{label}' as its class",
+                    labels.display()
+                );
+                ImageSource::Csv {
+                    labels: labels.clone(),
+                    images: self.images.clone(),
+                }
+            }
             (Some(dir), None) => {
                 // Said plainly here: the folder walk would only pass on the OS error.
                 graft::retrain::require_exists(dir, "this image folder")?;

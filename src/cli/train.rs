@@ -13,6 +13,7 @@ use graft::retrain::{
 
 use super::render::Bar;
 use super::source::SourceArgs;
+use super::values;
 use super::Outcome;
 
 #[derive(clap::Args)]
@@ -28,31 +29,34 @@ pub struct Args {
     /// Feature cache folder (default: <graft home>/bottlenecks).
     #[arg(long)]
     bottleneck_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 4000, value_parser = values::count())]
     how_many_training_steps: usize,
     /// Step size. retrain.py uses 0.01 with plain gradient descent; graft's default is
     /// Adam at 0.001, which reaches a tuned logistic regression's accuracy (docs/accuracy.md).
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, value_parser = values::learning_rate, allow_hyphen_values = true)]
     learning_rate: f64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = values::count())]
     train_batch_size: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = values::count())]
     eval_step_interval: usize,
     /// Validation images per evaluation; -1 for the whole validation split.
-    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = values::count_or_all)]
     validation_batch_size: i64,
     /// Test images for the final accuracy; -1 for the whole test split.
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_parser = values::count_or_all)]
     test_batch_size: i64,
-    #[arg(long, default_value_t = 10.0)]
+    /// Percent of the images held out for validation (0 to 100; with --testing-percentage
+    /// below 100 in all).
+    #[arg(long, default_value_t = 10.0, value_parser = values::percentage, allow_hyphen_values = true)]
     validation_percentage: f64,
-    #[arg(long, default_value_t = 10.0)]
+    /// Percent of the images held out for the final test (0 to 100).
+    #[arg(long, default_value_t = 10.0, value_parser = values::percentage, allow_hyphen_values = true)]
     testing_percentage: f64,
     /// `sgd` is retrain.py's optimizer (use it with --learning-rate 0.01 for its behaviour).
     #[arg(long, value_enum, default_value_t = Optimizer::Adam)]
     optimizer: Optimizer,
     /// L2 penalty on the head's weights.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = values::penalty, allow_hyphen_values = true)]
     weight_decay: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -70,7 +74,7 @@ pub struct Args {
     intermediate_output_dir: Option<PathBuf>,
     /// Images per backbone forward pass (default: the fastest measured for the backbone
     /// on its engine; 1 for the EfficientNet-Lite models).
-    #[arg(long)]
+    #[arg(long, value_parser = values::batch_size())]
     batch_size: Option<usize>,
     /// Distortion: mirror training images left to right at random (retrain.py's
     /// --flip_left_right).
@@ -78,15 +82,15 @@ pub struct Args {
     flip_left_right: bool,
     /// Distortion: a random crop that leaves out up to this percentage of the view, as
     /// retrain.py's --random_crop (the view is enlarged by 1 + P/100 and cut back).
-    #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = values::percentage_f32, allow_hyphen_values = true)]
     random_crop: f32,
     /// Distortion: enlarge the view by a random factor up to 1 + P/100 before cutting
     /// (retrain.py's --random_scale; combines with --random-crop into one crop).
-    #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = values::percentage_f32, allow_hyphen_values = true)]
     random_scale: f32,
     /// Distortion: multiply pixel values by a random factor in [1 - P/100, 1 + P/100)
     /// (retrain.py's --random_brightness).
-    #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = values::percentage_f32, allow_hyphen_values = true)]
     random_brightness: f32,
     /// cached: K distorted variants per training image, extracted once into the feature
     /// cache; online: retrain.py's fresh distortion per sample per step (hours on a CPU).
@@ -104,6 +108,13 @@ fn percent(v: f32) -> String {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    if args.validation_percentage + args.testing_percentage >= 100.0 {
+        values::refuse(format!(
+            "--validation-percentage {} and --testing-percentage {} leave no images to train on; \
+             keep their sum below 100",
+            args.validation_percentage, args.testing_percentage
+        ));
+    }
     let source = args.source.source()?;
     let intermediate_dir = args.intermediate_output_dir.clone().unwrap_or_else(|| {
         let mut name = args.output.file_name().unwrap_or_default().to_os_string();

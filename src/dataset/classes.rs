@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::organize::{read_labels_csv, LabelsCsv};
 use super::scan::{relative_slash_path, scan_images, SkippedEntry};
 use crate::error::{Error, Result};
+use crate::image::{is_supported_image, SUPPORTED_EXTENSIONS};
 
 /// Fewer images than this in a class draws a warning (retrain.py's threshold).
 pub const MIN_IMAGES_PER_CLASS: usize = 20;
@@ -31,6 +33,46 @@ pub struct Dataset {
     pub skipped: Vec<SkippedEntry>,
     /// What the folder walk noticed without skipping anything (links not followed).
     pub scan_warnings: Vec<String>,
+}
+
+/// The id and label column names of a labels CSV meant for `train`/`evaluate`, refusing
+/// a file without a header: its first row would otherwise be taken for an image.
+pub fn labels_csv_columns(csv: &LabelsCsv) -> Result<(String, String)> {
+    match &csv.columns {
+        Some(columns) => Ok(columns.clone()),
+        None => {
+            let first = csv
+                .rows
+                .first()
+                .map(|r| format!("{},{}", r.image_id, r.label))
+                .unwrap_or_default();
+            Err(Error::invalid_input(
+                &csv.path,
+                format!(
+                    "the first line `{first}` is not a header; start the file with a header \
+                     line `path,label` or `image_id,label`"
+                ),
+            ))
+        }
+    }
+}
+
+/// The file a CSV row names: the path as given, or `<id>.<ext>` for an id without an
+/// image extension (the first supported extension found, in any letter case).
+fn resolve_image(root: &Path, id: &str) -> PathBuf {
+    let given = root.join(id);
+    if given.is_file() || is_supported_image(&given) {
+        return given;
+    }
+    for ext in SUPPORTED_EXTENSIONS {
+        for ext in [ext.to_string(), ext.to_ascii_uppercase()] {
+            let candidate = root.join(format!("{id}.{ext}"));
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    given
 }
 
 impl Dataset {
@@ -81,62 +123,40 @@ impl Dataset {
         Ok(dataset)
     }
 
-    /// Rows of `path,label` (header optional), paths relative to `images_root`
-    /// (default: the CSV's folder).
+    /// Rows of a labels CSV with a header naming its columns: `path,label` or
+    /// `image_id,label` as `organize` reads (and the other names it knows). Paths are
+    /// relative to `images_root` (default: the CSV's folder); an id without an image
+    /// extension names the file `<id>.<ext>` there, as in `organize`'s input.
     pub fn from_labels_csv(csv_path: &Path, images_root: Option<&Path>) -> Result<Dataset> {
         let root = match images_root {
             Some(r) => r.to_path_buf(),
             None => csv_path.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
-        let text = std::fs::read_to_string(csv_path).map_err(|e| Error::io(csv_path, e))?;
-        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .trim(csv::Trim::All)
-            .from_reader(text.as_bytes());
-        let mut rows: Vec<(String, String)> = Vec::new();
-        for (i, record) in reader.records().enumerate() {
-            let line = i + 1;
-            let record = record.map_err(|e| {
-                Error::invalid_input(
-                    csv_path,
-                    format!("line {line}: {e}; expected `path,label` rows"),
-                )
-            })?;
-            if record.len() < 2 {
+        let csv = read_labels_csv(csv_path)?;
+        labels_csv_columns(&csv)?;
+        let mut rows: Vec<(String, String)> = Vec::with_capacity(csv.rows.len());
+        for row in csv.rows {
+            if row.label.is_empty() {
                 return Err(Error::invalid_input(
                     csv_path,
-                    format!(
-                        "line {line}: expected `path,label`, found {} field(s)",
-                        record.len()
-                    ),
+                    format!("line {}: empty label for '{}'", row.line, row.image_id),
                 ));
             }
-            let (path, label) = (record[0].to_string(), record[1].to_string());
-            if line == 1 && path.eq_ignore_ascii_case("path") {
-                continue; // header
-            }
-            if label.is_empty() {
-                return Err(Error::invalid_input(
-                    csv_path,
-                    format!("line {line}: empty label for '{path}'"),
-                ));
-            }
-            rows.push((path, label));
+            rows.push((row.image_id, row.label));
         }
+        let rows: Vec<(PathBuf, String)> = rows
+            .into_iter()
+            .map(|(id, label)| (resolve_image(&root, &id), label))
+            .collect();
         let mut classes: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect();
         classes.sort();
         classes.dedup();
         let mut images: Vec<LabeledImage> = rows
             .into_iter()
-            .map(|(path, label)| {
-                let full = root.join(&path);
-                LabeledImage {
-                    relative: relative_slash_path(&root, &full),
-                    path: full,
-                    label: classes.binary_search(&label).unwrap_or(0),
-                }
+            .map(|(full, label)| LabeledImage {
+                relative: relative_slash_path(&root, &full),
+                path: full,
+                label: classes.binary_search(&label).unwrap_or(0),
             })
             .collect();
         images.sort_by(|a, b| a.relative.cmp(&b.relative));
@@ -284,10 +304,18 @@ mod tests {
         assert_eq!(ds.classes, vec!["cat", "dog"]);
         assert_eq!(ds.images[1].relative, "img/2.jpg");
         assert_eq!(ds.images[1].label, 1);
-        std::fs::write(&csv, "img/1.jpg,cat\nimg/1.jpg,dog\n").unwrap();
+        std::fs::write(&csv, "image_id,label\nimg/1.jpg,cat\nimg/1.jpg,dog\n").unwrap();
         let err = Dataset::from_labels_csv(&csv, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("listed twice"), "{err}");
+        std::fs::write(&csv, "img/1.jpg,cat\nimg/2.jpg,dog\n").unwrap();
+        let err = Dataset::from_labels_csv(&csv, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`img/1.jpg,cat` is not a header") && err.contains("image_id,label"),
+            "{err}"
+        );
     }
 }

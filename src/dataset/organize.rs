@@ -36,6 +36,8 @@ pub struct LabelsCsv {
     pub path: PathBuf,
     /// Whether the first line was taken as a header.
     pub header: bool,
+    /// With a header: the names of the id and the label column, as the header spells them.
+    pub columns: Option<(String, String)>,
     pub rows: Vec<LabelRow>,
 }
 
@@ -130,6 +132,10 @@ pub fn read_labels_csv(path: &Path) -> Result<LabelsCsv> {
     } else {
         (0, 1)
     };
+    let columns = header.then(|| {
+        let name = |col: usize| first.get(col).cloned().unwrap_or_default();
+        (name(id_col), name(label_col))
+    });
     let mut rows = Vec::with_capacity(records.len());
     for (line, fields) in records.into_iter().skip(usize::from(header)) {
         let (Some(image_id), Some(label)) = (fields.get(id_col), fields.get(label_col)) else {
@@ -151,6 +157,7 @@ pub fn read_labels_csv(path: &Path) -> Result<LabelsCsv> {
     Ok(LabelsCsv {
         path: path.to_path_buf(),
         header,
+        columns,
         rows,
     })
 }

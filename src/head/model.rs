@@ -49,7 +49,19 @@ impl HeadWeights {
                 self.classes
             )));
         }
+        if !self.is_finite() {
+            return Err(Error::Invalid(
+                "head weights hold NaN or infinite values (training diverged); retrain with a \
+                 lower --learning-rate"
+                    .into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether every weight and bias is a finite number.
+    pub fn is_finite(&self) -> bool {
+        self.weight.iter().chain(&self.bias).all(|v| v.is_finite())
     }
 }
 

@@ -267,6 +267,14 @@ pub fn train_head(
         let x = Tensor::<2>::from_data(BurnData::new(rows.clone(), [n, dim]), &device);
         let y = Tensor::<2>::from_data(BurnData::new(onehot, [n, classes]), &device);
         let loss = (log_softmax(head.forward(x), 1) * y).sum().neg() / n as f32;
+        let value = loss
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::Engine(format!("{e:?}")))?;
+        if value.iter().any(|v| !v.is_finite()) {
+            return Err(diverged(step + 1, config));
+        }
         let grads = GradientsParams::from_grads(loss.backward(), &head);
         head = optim.step(config.learning_rate, head, grads);
 
@@ -309,10 +317,20 @@ pub fn train_head(
             on_event(&event, &head.to_weights()?)?;
         }
     }
-    Ok(TrainResult {
-        head: head.to_weights()?,
-        history,
-    })
+    let head = head.to_weights()?;
+    if !head.is_finite() {
+        return Err(diverged(config.steps, config));
+    }
+    Ok(TrainResult { head, history })
+}
+
+/// Training stopped because the loss (or the weights) stopped being numbers.
+fn diverged(step: usize, config: &TrainConfig) -> Error {
+    Error::Invalid(format!(
+        "training diverged at step {step}: the loss is no longer a finite number (learning \
+         rate {}, weight decay {}); lower --learning-rate and train again",
+        config.learning_rate, config.weight_decay
+    ))
 }
 
 #[cfg(test)]
@@ -370,6 +388,25 @@ mod tests {
         assert_eq!(acc, 1.0);
         // Evaluations at steps 1, 51, 101, 151 and the last (200).
         assert_eq!(result.history.len(), 5);
+    }
+
+    #[test]
+    fn d07_a_loss_that_stops_being_finite_stops_training() {
+        let train = blobs(30, 5);
+        for learning_rate in [f64::NAN, f64::INFINITY, 1e300] {
+            let config = TrainConfig {
+                learning_rate,
+                ..config(1)
+            };
+            let err = train_head(&config, 3, &train, &mut Originals, &train, 0, |_, _| Ok(()))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("training diverged at step 2") && err.contains("--learning-rate"),
+                "{learning_rate}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -592,6 +592,16 @@ pub struct AugmentPlan {
 /// The classes under `src` (a class is a folder that directly holds images) and the
 /// copies each needs. Refuses names that would collide in the output.
 pub fn plan_augment(src: &Path, class_size: u64) -> Result<AugmentPlan> {
+    plan_usable(src, class_size, |_| None).map(|(plan, _)| plan)
+}
+
+/// [`plan_augment`] over the originals `problem` finds nothing wrong with: the others
+/// are neither copied nor counted toward the class size, and come back as failures.
+fn plan_usable(
+    src: &Path,
+    class_size: u64,
+    problem: impl Fn(&ImageEntry) -> Option<String> + Sync,
+) -> Result<(AugmentPlan, Vec<Failure>)> {
     if class_size == 0 {
         return Err(Error::Invalid("--class-size must be 1 or more".into()));
     }
@@ -612,7 +622,20 @@ pub fn plan_augment(src: &Path, class_size: u64) -> Result<AugmentPlan> {
         ));
     }
     let mut plans = Vec::with_capacity(classes.len());
+    let mut failures = Vec::new();
     for (folder, originals) in classes {
+        let problems: Vec<Option<String>> = originals.par_iter().map(&problem).collect();
+        let mut usable = Vec::with_capacity(originals.len());
+        for (entry, problem) in originals.into_iter().zip(problems) {
+            match problem {
+                None => usable.push(entry),
+                Some(reason) => failures.push(Failure {
+                    path: entry.path,
+                    reason,
+                }),
+            }
+        }
+        let originals = usable;
         let copies = copies_per_original(originals.len(), class_size);
         check_output_names(src, &folder, &originals, &copies)?;
         plans.push(ClassPlan {
@@ -621,11 +644,14 @@ pub fn plan_augment(src: &Path, class_size: u64) -> Result<AugmentPlan> {
             copies,
         });
     }
-    Ok(AugmentPlan {
-        classes: plans,
-        unassigned,
-        skipped: scan.skipped,
-    })
+    Ok((
+        AugmentPlan {
+            classes: plans,
+            unassigned,
+            skipped: scan.skipped,
+        },
+        failures,
+    ))
 }
 
 /// Two originals with one stem (`a.png`, `a.jpg`) would write the same copies, and an
@@ -702,7 +728,7 @@ pub struct AugmentReport {
 /// copies until each class folder holds `options.class_size` images. Parallel; each
 /// file is written atomically; files already in `dst` are kept, so a rerun finishes
 /// an interrupted one. An original that cannot be decoded is reported in
-/// [`AugmentReport::failed`] and its class ends short; the run goes on.
+/// [`AugmentReport::failed`] and left out: its class is filled with the others.
 pub fn augment_folder(
     src: &Path,
     dst: &Path,
@@ -717,11 +743,21 @@ pub fn augment_folder(
         )));
     }
     refuse_nested(src, dst)?;
-    let AugmentPlan {
-        classes: plans,
-        unassigned,
-        skipped,
-    } = plan_augment(src, options.class_size)?;
+    // Every original is decoded once up front: one that cannot be (empty, truncated,
+    // not an image) is reported and left out, neither copied verbatim nor counted, so
+    // that the class is filled with copies of the good ones.
+    let (
+        AugmentPlan {
+            classes: plans,
+            unassigned,
+            skipped,
+        },
+        broken,
+    ) = plan_usable(src, options.class_size, |entry| {
+        decode_rgb8(&entry.path, options.limits)
+            .err()
+            .map(|err| format!("{err}; left out of the balanced copy"))
+    })?;
     use crate::output::{check_folder, prepare_folder, refuse_links_inside, Folder};
     check_folder(dst, Folder::AppendOnly, "--output")?;
     let class_dirs: Vec<PathBuf> = plans.iter().map(|p| target_dir(dst, p)).collect();
@@ -733,6 +769,13 @@ pub fn augment_folder(
     for entry in &skipped {
         progress.message(&format!("skipped {entry}"));
     }
+    for failure in &broken {
+        progress.message(&format!(
+            "skipped {}: {}",
+            failure.path.display(),
+            failure.reason
+        ));
+    }
 
     let total: u64 = plans
         .iter()
@@ -741,7 +784,7 @@ pub fn augment_folder(
     progress.begin("augment", total);
     let written = AtomicU64::new(0);
     let already = AtomicU64::new(0);
-    let failed = Mutex::new(Vec::new());
+    let failed = Mutex::new(broken);
     let tasks: Vec<(&ClassPlan, usize)> = plans
         .iter()
         .flat_map(|p| (0..p.originals.len()).map(move |i| (p, i)))
