@@ -20,6 +20,7 @@ use crate::head::train::{score, CachedVariants, Originals, TrainFeatures};
 use crate::head::{train_head, HeadWeights, SplitData, TrainConfig, TrainEvent};
 use crate::image::distort::Distortions;
 use crate::metrics::{evaluate, Evaluation};
+use crate::output::{check_folder, refuse_nested, Folder};
 use crate::progress::Progress;
 use crate::report::curves::{training_curves_png, CurvePoint};
 use crate::report::tensorboard::SummaryWriter;
@@ -383,7 +384,6 @@ pub fn retrain(
 /// Refuses, before any work, every output folder that is not graft's to write or that
 /// lies inside the dataset being read (or holds it).
 fn check_outputs(options: &RetrainOptions, dataset_root: &Path) -> Result<()> {
-    use crate::output::{check_folder, refuse_nested, Folder};
     const DATASET: &str = "the dataset folder";
     refuse_nested(&options.output, "--output", dataset_root, DATASET)?;
     check_folder(&options.output, Folder::Bundle, "--output")?;

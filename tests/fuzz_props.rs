@@ -14,12 +14,22 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use tempfile::TempDir;
 
-use graft::weights::pth::read_pth_bytes;
-use graft::weights::load_safetensors;
 use graft::bundle::Bundle;
 use graft::dataset::classes::Dataset;
 use graft::dataset::organize::{name_problem, read_labels_csv};
 use graft::image::{decode_rgb8_bytes, DecodeLimits};
+use graft::weights::load_safetensors;
+use graft::weights::pth::read_pth_bytes;
+
+/// 64 cases per property unless `PROPTEST_CASES` says otherwise (proptest's own default,
+/// 256, makes this file the slowest of the suite).
+fn cases() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    ProptestConfig::with_cases(cases)
+}
 
 /// The hostile corpus, written once per test binary.
 fn corpus() -> &'static Path {
@@ -135,6 +145,7 @@ fn pool(cell: &'static OnceLock<Vec<Vec<u8>>>, sub: &str, ext: &[&str]) -> &'sta
 }
 
 proptest! {
+    #![proptest_config(cases())]
     #[test]
     fn decoding_any_image_bytes_never_panics(
         data in input(pool({ static P: OnceLock<Vec<Vec<u8>>> = OnceLock::new(); &P }, "images", &[]))
@@ -230,6 +241,7 @@ fn classify_request(multipart: bool, query: &str, body: Vec<u8>) {
 }
 
 proptest! {
+    #![proptest_config(cases())]
     #[test]
     fn any_classify_request_body_never_panics(
         image in input(pool({ static P: OnceLock<Vec<Vec<u8>>> = OnceLock::new(); &P }, "images", &[])),

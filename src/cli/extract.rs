@@ -11,9 +11,8 @@ use graft::features::cache::FeatureCache;
 use graft::features::cached::cached_features;
 use graft::features::file::FeaturesFile;
 use graft::features::{extract, ExtractOptions};
-use graft::retrain::default_bottleneck_dir;
-
 use graft::progress::Progress;
+use graft::retrain::default_bottleneck_dir;
 
 use super::render::Bar;
 use super::values;

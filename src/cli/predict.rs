@@ -7,7 +7,6 @@ use anyhow::Context;
 
 use graft::features::ExtractOptions;
 use graft::predict::{duplicate_ids, expand_inputs, Prediction, Predictor};
-
 use graft::progress::Progress;
 
 use super::render::Bar;

@@ -44,7 +44,7 @@ pub fn degrees(text: &str) -> Result<f64, String> {
     bounded_f64(text, 0.0, false, 180.0)
 }
 
-/// Shear angle in degrees: 0 up to (not including) 90, where the image degenerates.
+/// Shear angle in degrees: 0 to 89 (at 90 the image degenerates).
 pub fn shear_degrees(text: &str) -> Result<f64, String> {
     bounded_f64(text, 0.0, false, 89.0)
 }

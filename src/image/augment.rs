@@ -66,6 +66,7 @@ use sha2::{Digest, Sha256};
 use crate::dataset::{scan_images, ImageEntry, SkippedEntry};
 use crate::error::{Error, Result};
 use crate::image::{decode_rgb8, DecodeLimits};
+use crate::output::{check_folder, prepare_folder, refuse_links_inside, Folder};
 use crate::progress::Progress;
 
 /// How the pixels a transform pulls from outside the image are filled (scipy's modes,
@@ -743,6 +744,8 @@ pub fn augment_folder(
         )));
     }
     refuse_nested(src, dst)?;
+    // A refused --output is said before the originals are decoded.
+    check_folder(dst, Folder::AppendOnly, "--output")?;
     // Every original is decoded once up front: one that cannot be (empty, truncated,
     // not an image) is reported and left out, neither copied verbatim nor counted, so
     // that the class is filled with copies of the good ones.
@@ -758,8 +761,6 @@ pub fn augment_folder(
             .err()
             .map(|err| format!("{err}; left out of the balanced copy"))
     })?;
-    use crate::output::{check_folder, prepare_folder, refuse_links_inside, Folder};
-    check_folder(dst, Folder::AppendOnly, "--output")?;
     let class_dirs: Vec<PathBuf> = plans.iter().map(|p| target_dir(dst, p)).collect();
     refuse_links_inside(dst, class_dirs.iter().map(PathBuf::as_path), "--output")?;
     prepare_folder(dst, Folder::AppendOnly, "--output")?;

@@ -310,14 +310,17 @@ mod tests {
     #[test]
     fn all_eight_exif_orientations_turn_png_and_webp_upright_like_pil() {
         let stored = RgbImage::from_fn(3, 2, |x, y| ::image::Rgb([x as u8 * 80, y as u8 * 200, 9]));
-        for orientation in 1..=8 {
-            let png = encode_with_exif(&stored, ImageFormat::Png, exif_orientation(orientation));
-            let got = decode_rgb8_bytes(&png, Path::new("o.png"), DecodeLimits::default()).unwrap();
-            assert_eq!(
-                got,
-                pil_transposed(&stored, orientation),
-                "orientation {orientation}"
-            );
+        for format in [ImageFormat::Png, ImageFormat::WebP] {
+            for orientation in 1..=8 {
+                let bytes = encode_with_exif(&stored, format, exif_orientation(orientation));
+                let got =
+                    decode_rgb8_bytes(&bytes, Path::new("o"), DecodeLimits::default()).unwrap();
+                assert_eq!(
+                    got,
+                    pil_transposed(&stored, orientation),
+                    "{format:?}, orientation {orientation}"
+                );
+            }
         }
     }
 

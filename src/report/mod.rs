@@ -12,6 +12,10 @@ use crate::dataset::stats::ClassStats;
 
 pub use chart::class_counts_chart;
 
+/// Widest a text table's label column is padded to: longer labels overflow it (std's
+/// format width is a u16, so padding to a 1 MB label panics).
+pub const MAX_LABEL_COLUMN: usize = 60;
+
 /// The class distribution as a text table, largest class first:
 ///
 /// ```text
@@ -20,9 +24,6 @@ pub use chart::class_counts_chart;
 /// Lime               61   50.8%
 /// total             120  100.0%
 /// ```
-/// Widest a text table's label column is padded to.
-pub const MAX_LABEL_COLUMN: usize = 60;
-
 pub fn class_table(stats: &ClassStats) -> String {
     let shown = |label: &str| {
         if label.is_empty() {

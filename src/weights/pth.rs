@@ -43,12 +43,12 @@ fn read_file(path: &Path, origin: &Path) -> Result<TensorMap> {
     let mut tensors = TensorMap::new();
     for (name, tensor) in reader.into_tensors() {
         let convert: fn(&[u8]) -> f32 = match tensor.dtype() {
-            DType::F32 => |b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            DType::F32 => |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             DType::F64 => {
-                |b| f64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+                |b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
             }
-            DType::F16 => |b| f16_to_f32(u16::from_ne_bytes([b[0], b[1]])),
-            DType::BF16 => |b| f32::from_bits(u32::from(u16::from_ne_bytes([b[0], b[1]])) << 16),
+            DType::F16 => |b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
+            DType::BF16 => |b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
             _ => continue,
         };
         let size = tensor.dtype().size();
