@@ -150,6 +150,17 @@ fn dead_pid() -> u32 {
     pid
 }
 
+/// Sets `path`'s (a file's or a folder's) modification time `secs` seconds into the
+/// past: what a dead process's leftover looks like once graft may take it for abandoned
+/// (ten minutes).
+fn age(path: &Path, secs: u64) {
+    let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+}
+
 fn train(cwd: &Path, dataset: &Path, cache: &Path, output: &Path, extra: &[&str]) -> Run {
     let mut args = vec![
         "train",
@@ -289,6 +300,9 @@ fn d01_train_output_replaces_its_own_bundle_and_cleans_crashed_swaps() {
     let lookalike = dir.path().join(format!(".graft-old-{dead}-mine"));
     std::fs::create_dir(&lookalike).unwrap();
     std::fs::write(lookalike.join("thesis.txt"), b"t").unwrap();
+    for path in [&staging, &old, &lookalike] {
+        age(path, 20 * 60);
+    }
 
     let first_head = std::fs::read(out.join("head.safetensors")).unwrap();
     let run = train(dir.path(), &t.dataset, &cache, &out, &["--seed", "7"]);
@@ -727,6 +741,7 @@ fn d14_augment_never_writes_through_a_link_inside_its_output() {
 fn plant_leftovers(dir: &Path) -> (PathBuf, PathBuf) {
     let stale = dir.join(format!(".graft-{}-Xy12Ab.tmp", dead_pid()));
     std::fs::write(&stale, b"half").unwrap();
+    age(&stale, 20 * 60);
     let legacy = dir.join(".graft-Qw34Er.tmp");
     std::fs::write(&legacy, b"half").unwrap();
     let file = std::fs::File::options().write(true).open(&legacy).unwrap();
