@@ -812,9 +812,9 @@ fn d15_augment_rerun_removes_temporary_files_a_killed_run_left() {
 fn d15_organize_killed_mid_run_then_rerun_leaves_no_temporary_file() {
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("flat");
-    let ids: Vec<String> = (0..200).map(|i| format!("{i:04}")).collect();
+    let ids: Vec<String> = (0..400).map(|i| format!("{i:04}")).collect();
     std::fs::create_dir_all(&images).unwrap();
-    let big = image::RgbImage::from_fn(320, 240, |x, y| {
+    let big = image::RgbImage::from_fn(640, 480, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8])
     });
     let mut png = Vec::new();
@@ -851,8 +851,21 @@ fn d15_organize_killed_mid_run_then_rerun_leaves_no_temporary_file() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "organize finished before it could be killed mid-run; give it more work"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
+    // The killed run's leftovers count as abandoned once ten minutes old (a fresh one
+    // may be a live writer's in another PID namespace): let that time pass.
+    for entry in walkdir::WalkDir::new(&out) {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".graft-") && name.ends_with(".tmp") {
+            age(entry.path(), 20 * 60);
+        }
+    }
     graft(dir.path(), &args).assert_code(0);
     let temps: Vec<String> = walkdir::WalkDir::new(&out)
         .into_iter()
