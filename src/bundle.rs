@@ -317,15 +317,19 @@ impl Bundle {
     /// Checks the manifest against what graft knows of its backbone before anything is
     /// loaded or fetched: a manifest whose facts contradict its backbone was edited or
     /// comes from elsewhere.
-    pub fn check_manifest(&self) -> Result<()> {
+    /// `dir` is the folder the bundle was loaded from, named in the error.
+    pub fn check_manifest(&self, dir: &Path) -> Result<()> {
         let m = &self.manifest;
         let spec = m.backbone.spec();
         let differs = |what: &str, recorded: String, expected: String| {
-            Error::Invalid(format!(
+            Error::invalid_input(
+                dir.join(MANIFEST),
+                format!(
                 "this model's manifest says {} but records {what} {recorded}, while {} has {expected}; \
                  the manifest was edited or belongs to another model: restore it or retrain",
                 m.backbone, m.backbone
-            ))
+            ),
+            )
         };
         if let crate::backbone::WeightsSource::PipWheel { sha256, .. } = spec.weights {
             if m.weights_sha256 != sha256 {

@@ -14,12 +14,12 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use tempfile::TempDir;
 
-use graft::weights::pth::read_pth_bytes;
-use graft::weights::load_safetensors;
 use graft::bundle::Bundle;
 use graft::dataset::classes::Dataset;
 use graft::dataset::organize::{name_problem, read_labels_csv};
 use graft::image::{decode_rgb8_bytes, DecodeLimits};
+use graft::weights::load_safetensors;
+use graft::weights::pth::read_pth_bytes;
 
 /// The hostile corpus, written once per test binary.
 fn corpus() -> &'static Path {
@@ -188,7 +188,7 @@ proptest! {
         std::fs::write(dir.path().join("manifest.json"), &manifest).unwrap();
         std::fs::write(dir.path().join("head.safetensors"), &head).unwrap();
         if let Ok(bundle) = Bundle::load(dir.path()) {
-            let _ = bundle.check_manifest();
+            let _ = bundle.check_manifest(dir.path());
         }
     }
 }
