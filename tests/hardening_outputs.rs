@@ -337,6 +337,57 @@ fn d01_train_output_replaces_its_own_bundle_and_cleans_crashed_swaps() {
 }
 
 #[test]
+fn d01_a_save_killed_between_its_renames_never_loses_the_previous_model() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = warm_cache(dir.path());
+    // A save of `model` killed after moving the old bundle aside and before moving the
+    // new one in: the moved-aside folder is the only copy of `model`.
+    let dead = dead_pid();
+    let old = dir.path().join(format!(".graft-old-{dead}-model"));
+    std::fs::create_dir(&old).unwrap();
+    for name in names(&t.model) {
+        std::fs::copy(t.model.join(&name), old.join(&name)).unwrap();
+    }
+    age(&old, 20 * 60);
+    let before = snapshot(&old);
+    // The same, for `taken`, where the user has since put a folder of their own.
+    let old_taken = dir.path().join(format!(".graft-old-{dead}-taken"));
+    std::fs::create_dir(&old_taken).unwrap();
+    for name in names(&t.model) {
+        std::fs::copy(t.model.join(&name), old_taken.join(&name)).unwrap();
+    }
+    age(&old_taken, 20 * 60);
+    std::fs::create_dir(dir.path().join("taken")).unwrap();
+    std::fs::write(dir.path().join("taken/mine.txt"), b"m").unwrap();
+
+    // The next train into the same parent, for another model.
+    let other = dir.path().join("other");
+    train(dir.path(), &t.dataset, &cache, &other, &[]).assert_code(0);
+    assert!(other.join("manifest.json").is_file());
+    let model = dir.path().join("model");
+    assert_eq!(
+        snapshot(&model),
+        before,
+        "the previous model is back under its name"
+    );
+    assert!(!old.exists(), "restored, not copied");
+    assert_eq!(
+        snapshot(&old_taken),
+        before,
+        "a moved-aside model whose name is taken is kept"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("taken/mine.txt")).unwrap(),
+        b"m"
+    );
+    // The restored model is a model graft loads.
+    let photo = t.dataset.join(&names(&t.dataset)[0]);
+    let photo = photo.join(&names(&photo)[0]);
+    graft(dir.path(), &["predict", s(&model), s(&photo)]).assert_code(0);
+}
+
+#[test]
 fn d01_train_intermediate_snapshot_never_replaces_a_user_folder() {
     let t = trained();
     let dir = tempfile::tempdir().unwrap();
