@@ -58,9 +58,15 @@ fn remove_bundle_files(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// Removes the staging and moved-aside folders that killed saves left in `parent`:
+/// Tidies the staging and moved-aside folders that killed saves left in `parent`:
 /// folders named as [`Bundle::save`] names them, whose process is gone, holding only a
 /// bundle's files. A concurrent save's folders (its process is alive) are left alone.
+///
+/// A staging folder is removed. A moved-aside bundle `.graft-old-<pid>-<name>` is the
+/// previous model of `<name>`; it is removed only when the swap finished (a bundle is at
+/// `<name>`). When nothing is at `<name>` the save was killed between its two renames
+/// and the moved-aside folder is the only copy of that model: it is renamed back. When
+/// something else is at `<name>` it is left where it is, with a warning.
 fn clean_abandoned_swaps(parent: &Path) {
     // A folder that cannot be listed has nothing graft could clean; the save itself
     // reports whatever is wrong with it.
@@ -80,7 +86,59 @@ fn clean_abandoned_swaps(parent: &Path) {
         if !is_dir || crate::fsx::writer_may_be_alive(crate::fsx::pid_in(&name, prefix), &path) {
             continue;
         }
-        remove_bundle_files(&path);
+        if prefix == OLD_PREFIX {
+            settle_moved_aside(parent, &name, &path);
+        } else {
+            remove_bundle_files(&path);
+        }
+    }
+}
+
+/// Removes, restores or keeps one abandoned moved-aside bundle, as
+/// [`clean_abandoned_swaps`] says.
+fn settle_moved_aside(parent: &Path, name: &str, path: &Path) {
+    if !holds_only_bundle_files(path) {
+        return;
+    }
+    let Some(model) = name
+        .strip_prefix(OLD_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .map(|(_, model)| model)
+        .filter(|m| !m.is_empty())
+    else {
+        return;
+    };
+    let target = parent.join(model);
+    match std::fs::symlink_metadata(&target) {
+        Ok(m)
+            if m.is_dir()
+                && target.join(MANIFEST).is_file()
+                && matches!(crate::output::bundle_problem(&target), Ok(None)) =>
+        {
+            remove_bundle_files(path);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::rename(path, &target) {
+                Ok(()) => tracing::warn!(
+                    "restored the model {} from {}, where an interrupted save had moved it",
+                    target.display(),
+                    path.display()
+                ),
+                Err(e) => tracing::warn!(
+                    "{} holds the model {} that an interrupted save moved aside, but it \
+                     cannot be renamed back: {e}; rename it to {} by hand",
+                    path.display(),
+                    target.display(),
+                    target.display()
+                ),
+            }
+        }
+        _ => tracing::warn!(
+            "{} holds a model that an interrupted save moved aside from {}, and something \
+             else is there now; it is left as it is: rename or remove it by hand",
+            path.display(),
+            target.display()
+        ),
     }
 }
 
@@ -245,7 +303,23 @@ impl Bundle {
             ));
             std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
             let staged = staging.keep();
-            std::fs::rename(&staged, dir).map_err(|e| Error::io(dir, e))?;
+            if let Err(e) = std::fs::rename(&staged, dir) {
+                // The old bundle goes back, so a failed save never loses the model.
+                remove_bundle_files(&staged);
+                return Err(match std::fs::rename(&old, dir) {
+                    Ok(()) => Error::io(dir, e),
+                    Err(back) => Error::invalid_input(
+                        dir,
+                        format!(
+                            "cannot move the new model into place ({e}), nor the previous \
+                             model back from {} ({back}); rename {} to {} by hand",
+                            old.display(),
+                            old.display(),
+                            dir.display()
+                        ),
+                    ),
+                });
+            }
             remove_bundle_files(&old);
         } else {
             let staged = staging.keep();
@@ -317,15 +391,19 @@ impl Bundle {
     /// Checks the manifest against what graft knows of its backbone before anything is
     /// loaded or fetched: a manifest whose facts contradict its backbone was edited or
     /// comes from elsewhere.
-    pub fn check_manifest(&self) -> Result<()> {
+    /// `dir` is the folder the bundle was loaded from, named in the error.
+    pub fn check_manifest(&self, dir: &Path) -> Result<()> {
         let m = &self.manifest;
         let spec = m.backbone.spec();
         let differs = |what: &str, recorded: String, expected: String| {
-            Error::Invalid(format!(
+            Error::invalid_input(
+                dir.join(MANIFEST),
+                format!(
                 "this model's manifest says {} but records {what} {recorded}, while {} has {expected}; \
                  the manifest was edited or belongs to another model: restore it or retrain",
                 m.backbone, m.backbone
-            ))
+            ),
+            )
         };
         if let crate::backbone::WeightsSource::PipWheel { sha256, .. } = spec.weights {
             if m.weights_sha256 != sha256 {
@@ -433,6 +511,61 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec!["model"]);
+    }
+
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    fn age(path: &Path) {
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(20 * 60);
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_moved_aside_model_is_restored_unless_its_swap_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dead_pid();
+        let b = bundle();
+        // Killed after the renames: the new `done` is in place.
+        b.save(&dir.path().join("done")).unwrap();
+        let done_old = dir.path().join(format!(".graft-old-{dead}-done"));
+        b.save(&done_old).unwrap();
+        // Killed between the renames: nothing at `model`, its only copy moved aside.
+        let lost = dir.path().join(format!(".graft-old-{dead}-model"));
+        b.save(&lost).unwrap();
+        // A fresh one may be a live save's in another PID namespace.
+        let fresh = dir.path().join(format!(".graft-old-{dead}-fresh"));
+        b.save(&fresh).unwrap();
+        age(&lost);
+        age(&done_old);
+
+        b.save(&dir.path().join("other")).unwrap();
+        assert!(!lost.exists());
+        assert_eq!(
+            Bundle::load(&dir.path().join("model")).unwrap().head,
+            b.head
+        );
+        assert!(!done_old.exists());
+        assert!(fresh.exists());
+        assert!(!dir.path().join("fresh").exists());
+    }
+
+    #[test]
+    fn check_manifest_names_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = bundle().check_manifest(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(&dir.path().join(MANIFEST).display().to_string()),
+            "{err}"
+        );
+        assert!(err.contains("restore it or retrain"), "{err}");
     }
 
     #[test]

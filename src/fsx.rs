@@ -3,8 +3,9 @@
 //!
 //! A kill -9 between the two steps leaves the temporary file behind. Its name,
 //! `.graft-<pid>-<random>.tmp`, carries the writer's process id, so a later run can tell
-//! an abandoned temporary file (its writer is gone) from one a concurrent run is still
-//! filling, and [`clean_stale_temps`] removes only the former.
+//! an abandoned temporary file (its writer is gone and it has not changed for ten
+//! minutes) from one a concurrent run is still filling, and [`clean_stale_temps`]
+//! removes only the former.
 
 use std::io::Write;
 use std::path::Path;
@@ -54,22 +55,35 @@ pub(crate) fn temp_prefix() -> String {
     format!("{TEMP_PREFIX}{}-", std::process::id())
 }
 
+/// How old an entry of a dead process must be before it counts as abandoned. A process
+/// table only shows this PID namespace: a writer in another container sharing the
+/// folder looks dead, so a fresh entry is never taken for abandoned on the pid alone.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// How old an entry without a process to ask about must be (an old-style name without
+/// a pid, or no process table outside Linux).
+const ABANDONED_WITHOUT_PID_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Whether the process that made a temporary entry named with `pid` may still be
-/// writing it. Without a process table to ask (outside Linux), an entry counts as
-/// abandoned only once it is an hour old.
+/// writing it. An entry counts as abandoned only when its writer is gone and it has not
+/// changed for [`ABANDONED_AFTER`]; without a process table to ask (an old-style name,
+/// or outside Linux), only once it is an hour old. An entry whose age cannot be read
+/// is kept.
 pub(crate) fn writer_may_be_alive(pid: Option<u32>, path: &Path) -> bool {
     if pid == Some(std::process::id()) {
         return true;
-    }
-    #[cfg(target_os = "linux")]
-    if let Some(pid) = pid {
-        return Path::new("/proc").join(pid.to_string()).exists();
     }
     let age = std::fs::symlink_metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok());
-    !matches!(age, Some(a) if a > std::time::Duration::from_secs(3600))
+    let Some(age) = age else {
+        return true;
+    };
+    #[cfg(target_os = "linux")]
+    if let Some(pid) = pid {
+        return age < ABANDONED_AFTER || Path::new("/proc").join(pid.to_string()).exists();
+    }
+    age < ABANDONED_WITHOUT_PID_AFTER
 }
 
 /// The writer's process id in a name made by `prefix` + `<pid>-<random>`, if it has one.
@@ -114,10 +128,16 @@ pub fn clean_stale_temps(dir: &Path) -> Result<usize> {
         if writer_may_be_alive(pid_in(&name, TEMP_PREFIX), &path) {
             continue;
         }
+        // A leftover that cannot be removed is harmless beside the output; it must not
+        // stop the run that writes the output.
         match std::fs::remove_file(&path) {
             Ok(()) => removed += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&path, e)),
+            Err(e) => tracing::warn!(
+                "cannot remove {}, a temporary file an interrupted graft run left: {e}; \
+                 remove it by hand",
+                path.display()
+            ),
         }
     }
     Ok(removed)
@@ -141,6 +161,15 @@ mod tests {
         assert_eq!(names, vec!["out.bin"]);
     }
 
+    /// Sets `path`'s modification time `secs` seconds into the past.
+    pub(crate) fn age(path: &Path, secs: u64) {
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
     #[test]
     fn stale_temps_of_dead_writers_go_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
@@ -150,24 +179,59 @@ mod tests {
         dead.wait().unwrap();
         let own = format!(".graft-{}-abc.tmp", std::process::id());
         let stale = format!(".graft-{dead_pid}-abc.tmp");
+        // A dead pid's fresh file may be a live writer's in another PID namespace.
+        let fresh = format!(".graft-{dead_pid}-new.tmp");
+        // Old-style names carry no pid: removed only after an hour.
+        let legacy_old = ".graft-oldstyle.tmp".to_string();
+        let legacy_recent = ".graft-recent.tmp".to_string();
         for name in [
             own.as_str(),
             stale.as_str(),
+            fresh.as_str(),
+            legacy_old.as_str(),
+            legacy_recent.as_str(),
             "photo.tmp",
             ".graft-notes.txt",
         ] {
             std::fs::write(dir.path().join(name), b"x").unwrap();
+            age(&dir.path().join(name), 2 * 3600);
         }
-        assert_eq!(clean_stale_temps(dir.path()).unwrap(), 1);
+        age(&dir.path().join(&fresh), 60);
+        age(&dir.path().join(&legacy_recent), 30 * 60);
+        assert_eq!(clean_stale_temps(dir.path()).unwrap(), 2);
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(
-            names,
-            vec![own, ".graft-notes.txt".to_string(), "photo.tmp".to_string()]
-        );
+        let mut expected = vec![
+            own,
+            fresh,
+            legacy_recent,
+            ".graft-notes.txt".to_string(),
+            "photo.tmp".to_string(),
+        ];
+        expected.sort();
+        assert_eq!(names, expected);
         assert_eq!(clean_stale_temps(&dir.path().join("absent")).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_dead_writers_entry_is_abandoned_only_after_ten_minutes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let path = dir.path().join("entry");
+        std::fs::write(&path, b"x").unwrap();
+        assert!(writer_may_be_alive(Some(pid), &path));
+        age(&path, 9 * 60);
+        assert!(writer_may_be_alive(Some(pid), &path));
+        age(&path, 11 * 60);
+        assert!(!writer_may_be_alive(Some(pid), &path));
+        // A live process's entry is never abandoned, however old.
+        let me = std::process::id();
+        assert!(writer_may_be_alive(Some(me), &path));
+        assert!(writer_may_be_alive(Some(1), &path));
     }
 }

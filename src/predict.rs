@@ -80,7 +80,7 @@ impl Predictor {
     /// Loads the bundle and the backbone it was trained on, refusing a mismatch.
     pub fn load(bundle_dir: &Path, progress: &dyn Progress) -> Result<Predictor> {
         let bundle = Bundle::load(bundle_dir)?;
-        bundle.check_manifest()?;
+        bundle.check_manifest(bundle_dir)?;
         let backbone = Backbone::load(bundle.manifest.backbone, progress)?;
         bundle.check_backbone(&backbone)?;
         Ok(Predictor { bundle, backbone })

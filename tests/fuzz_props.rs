@@ -199,7 +199,7 @@ proptest! {
         std::fs::write(dir.path().join("manifest.json"), &manifest).unwrap();
         std::fs::write(dir.path().join("head.safetensors"), &head).unwrap();
         if let Ok(bundle) = Bundle::load(dir.path()) {
-            let _ = bundle.check_manifest();
+            let _ = bundle.check_manifest(dir.path());
         }
     }
 }

@@ -150,6 +150,17 @@ fn dead_pid() -> u32 {
     pid
 }
 
+/// Sets `path`'s (a file's or a folder's) modification time `secs` seconds into the
+/// past: what a dead process's leftover looks like once graft may take it for abandoned
+/// (ten minutes).
+fn age(path: &Path, secs: u64) {
+    let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+}
+
 fn train(cwd: &Path, dataset: &Path, cache: &Path, output: &Path, extra: &[&str]) -> Run {
     let mut args = vec![
         "train",
@@ -289,6 +300,9 @@ fn d01_train_output_replaces_its_own_bundle_and_cleans_crashed_swaps() {
     let lookalike = dir.path().join(format!(".graft-old-{dead}-mine"));
     std::fs::create_dir(&lookalike).unwrap();
     std::fs::write(lookalike.join("thesis.txt"), b"t").unwrap();
+    for path in [&staging, &old, &lookalike] {
+        age(path, 20 * 60);
+    }
 
     let first_head = std::fs::read(out.join("head.safetensors")).unwrap();
     let run = train(dir.path(), &t.dataset, &cache, &out, &["--seed", "7"]);
@@ -320,6 +334,57 @@ fn d01_train_output_replaces_its_own_bundle_and_cleans_crashed_swaps() {
         out.join("manifest.json").is_file(),
         "the model is still there"
     );
+}
+
+#[test]
+fn d01_a_save_killed_between_its_renames_never_loses_the_previous_model() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = warm_cache(dir.path());
+    // A save of `model` killed after moving the old bundle aside and before moving the
+    // new one in: the moved-aside folder is the only copy of `model`.
+    let dead = dead_pid();
+    let old = dir.path().join(format!(".graft-old-{dead}-model"));
+    std::fs::create_dir(&old).unwrap();
+    for name in names(&t.model) {
+        std::fs::copy(t.model.join(&name), old.join(&name)).unwrap();
+    }
+    age(&old, 20 * 60);
+    let before = snapshot(&old);
+    // The same, for `taken`, where the user has since put a folder of their own.
+    let old_taken = dir.path().join(format!(".graft-old-{dead}-taken"));
+    std::fs::create_dir(&old_taken).unwrap();
+    for name in names(&t.model) {
+        std::fs::copy(t.model.join(&name), old_taken.join(&name)).unwrap();
+    }
+    age(&old_taken, 20 * 60);
+    std::fs::create_dir(dir.path().join("taken")).unwrap();
+    std::fs::write(dir.path().join("taken/mine.txt"), b"m").unwrap();
+
+    // The next train into the same parent, for another model.
+    let other = dir.path().join("other");
+    train(dir.path(), &t.dataset, &cache, &other, &[]).assert_code(0);
+    assert!(other.join("manifest.json").is_file());
+    let model = dir.path().join("model");
+    assert_eq!(
+        snapshot(&model),
+        before,
+        "the previous model is back under its name"
+    );
+    assert!(!old.exists(), "restored, not copied");
+    assert_eq!(
+        snapshot(&old_taken),
+        before,
+        "a moved-aside model whose name is taken is kept"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("taken/mine.txt")).unwrap(),
+        b"m"
+    );
+    // The restored model is a model graft loads.
+    let photo = t.dataset.join(&names(&t.dataset)[0]);
+    let photo = photo.join(&names(&photo)[0]);
+    graft(dir.path(), &["predict", s(&model), s(&photo)]).assert_code(0);
 }
 
 #[test]
@@ -727,6 +792,7 @@ fn d14_augment_never_writes_through_a_link_inside_its_output() {
 fn plant_leftovers(dir: &Path) -> (PathBuf, PathBuf) {
     let stale = dir.join(format!(".graft-{}-Xy12Ab.tmp", dead_pid()));
     std::fs::write(&stale, b"half").unwrap();
+    age(&stale, 20 * 60);
     let legacy = dir.join(".graft-Qw34Er.tmp");
     std::fs::write(&legacy, b"half").unwrap();
     let file = std::fs::File::options().write(true).open(&legacy).unwrap();
@@ -797,9 +863,9 @@ fn d15_augment_rerun_removes_temporary_files_a_killed_run_left() {
 fn d15_organize_killed_mid_run_then_rerun_leaves_no_temporary_file() {
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("flat");
-    let ids: Vec<String> = (0..200).map(|i| format!("{i:04}")).collect();
+    let ids: Vec<String> = (0..400).map(|i| format!("{i:04}")).collect();
     std::fs::create_dir_all(&images).unwrap();
-    let big = image::RgbImage::from_fn(320, 240, |x, y| {
+    let big = image::RgbImage::from_fn(640, 480, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8])
     });
     let mut png = Vec::new();
@@ -836,8 +902,21 @@ fn d15_organize_killed_mid_run_then_rerun_leaves_no_temporary_file() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "organize finished before it could be killed mid-run; give it more work"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
+    // The killed run's leftovers count as abandoned once ten minutes old (a fresh one
+    // may be a live writer's in another PID namespace): let that time pass.
+    for entry in walkdir::WalkDir::new(&out) {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".graft-") && name.ends_with(".tmp") {
+            age(entry.path(), 20 * 60);
+        }
+    }
     graft(dir.path(), &args).assert_code(0);
     let temps: Vec<String> = walkdir::WalkDir::new(&out)
         .into_iter()
