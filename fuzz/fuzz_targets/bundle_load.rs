@@ -23,6 +23,6 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(folder.join("manifest.json"), manifest).expect("write manifest.json");
     std::fs::write(folder.join("head.safetensors"), head).expect("write head.safetensors");
     if let Ok(bundle) = Bundle::load(folder) {
-        let _ = bundle.check_manifest();
+        let _ = bundle.check_manifest(folder);
     }
 });
