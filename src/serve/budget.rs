@@ -12,9 +12,12 @@
 //! larger than those three quarters is refused (413) without decoding. Both waits are
 //! bounded by the request timeout.
 //!
-//! Two tokio semaphores do it: large images take from `large` (three quarters) and then
-//! from `all`; ordinary ones take from `all` only. Since `large` caps what large images can
-//! hold of `all`, the quarter left is out of their reach.
+//! Two disjoint tokio semaphores do it: `shared` (three quarters) and `reserved` (the
+//! quarter). Large images wait on `shared` only; ordinary photos wait on both at once and
+//! take whichever pool grants them first. The pools must be disjoint because tokio's
+//! semaphores queue strictly first come, first served, `acquire_many` included: with one
+//! semaphore for the whole budget, a large image waiting at the head of its queue would
+//! hold back every photo behind it, even with the quarter free.
 
 use std::sync::Arc;
 
@@ -28,9 +31,11 @@ const PIXELS_PER_PERMIT: u64 = 1000;
 
 /// Pixels decoding at once, for all requests together.
 pub struct DecodeBudget {
-    all: Arc<Semaphore>,
-    large: Arc<Semaphore>,
-    /// Permits of `all`.
+    /// Three quarters of the budget, for images of any size.
+    shared: Arc<Semaphore>,
+    /// The other quarter, for ordinary photos only.
+    reserved: Arc<Semaphore>,
+    /// Permits of both pools together.
     total: u32,
     /// Images of at most this many permits are ordinary photos (a quarter of the budget).
     small_max: u32,
@@ -39,8 +44,7 @@ pub struct DecodeBudget {
 
 /// The budget an image holds while it decodes; given back when dropped.
 pub struct DecodePermit {
-    _all: OwnedSemaphorePermit,
-    _large: Option<OwnedSemaphorePermit>,
+    _permit: OwnedSemaphorePermit,
     pixels: u64,
     metrics: Arc<Metrics>,
 }
@@ -69,11 +73,12 @@ impl DecodeBudget {
     pub fn new(pixels: u64, metrics: Arc<Metrics>) -> DecodeBudget {
         let total = u32::try_from(permits_for(pixels)).unwrap_or(u32::MAX);
         let small_max = (total / 4).max(1);
-        let large = (total - small_max).max(1);
+        let shared = (total - small_max).max(1);
+        let total = shared + small_max;
         metrics.set_decode_budget(u64::from(total) * PIXELS_PER_PERMIT);
         DecodeBudget {
-            all: Arc::new(Semaphore::new(total as usize)),
-            large: Arc::new(Semaphore::new(large as usize)),
+            shared: Arc::new(Semaphore::new(shared as usize)),
+            reserved: Arc::new(Semaphore::new(small_max as usize)),
             total,
             small_max,
             metrics,
@@ -88,35 +93,32 @@ impl DecodeBudget {
     /// Waits until `pixels` fit in the budget, and holds them.
     pub async fn acquire(&self, pixels: u64) -> Result<DecodePermit, Refused> {
         let permits = permits_for(pixels);
-        let large = if permits <= u64::from(self.small_max) {
-            None
-        } else {
-            let share = self.total - self.small_max;
-            if permits > u64::from(share) {
-                return Err(Refused::TooLarge {
-                    share_pixels: self.large_share_pixels(),
-                });
+        let share = self.total - self.small_max;
+        if permits > u64::from(share) {
+            return Err(Refused::TooLarge {
+                share_pixels: self.large_share_pixels(),
+            });
+        }
+        // `permits` <= share < u32::MAX here.
+        let n = permits as u32;
+        let shared = self.shared.clone().acquire_many_owned(n);
+        let permit = if permits <= u64::from(self.small_max) {
+            let reserved = self.reserved.clone().acquire_many_owned(n);
+            // Dropping the losing wait leaves its queue and gives back whatever permits it
+            // had been handed meanwhile. `shared` goes first when both are free, so the
+            // quarter stays free for when it is needed.
+            tokio::select! {
+                biased;
+                permit = shared => permit,
+                permit = reserved => permit,
             }
-            // `permits` <= share < u32::MAX here.
-            let n = permits as u32;
-            Some(
-                self.large
-                    .clone()
-                    .acquire_many_owned(n)
-                    .await
-                    .map_err(|_| Refused::Closed)?,
-            )
-        };
-        let all = self
-            .all
-            .clone()
-            .acquire_many_owned(permits as u32)
-            .await
-            .map_err(|_| Refused::Closed)?;
+        } else {
+            shared.await
+        }
+        .map_err(|_| Refused::Closed)?;
         self.metrics.decode_started(pixels);
         Ok(DecodePermit {
-            _all: all,
-            _large: large,
+            _permit: permit,
             pixels,
             metrics: self.metrics.clone(),
         })
@@ -155,6 +157,48 @@ mod tests {
             assert_eq!(metrics.decode_pixels_in_flight(), 0);
             assert_eq!(metrics.decode_pixels_in_flight_max(), 8_000_000);
             assert!(budget.acquire(3_000_000).await.is_ok());
+        });
+    }
+
+    #[test]
+    fn a_waiting_large_image_does_not_hold_back_ordinary_photos() {
+        runtime().block_on(async {
+            let metrics = Arc::new(Metrics::default());
+            // 8 Mpx: 6 shared, 2 reserved for photos of up to 2 Mpx.
+            let budget = Arc::new(DecodeBudget::new(8_000_000, metrics.clone()));
+            let first = budget.acquire(2_000_000).await.unwrap();
+            let second = budget.acquire(2_000_000).await.unwrap();
+            let third = budget.acquire(2_000_000).await.unwrap();
+            let waiting = budget.clone();
+            let large = tokio::spawn(async move { waiting.acquire(3_000_000).await });
+            // Let the large image reach the head of the queue before the next photo asks.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!large.is_finished(), "the large image must wait");
+            let photo =
+                tokio::time::timeout(Duration::from_millis(50), budget.acquire(2_000_000)).await;
+            let photo = photo
+                .expect("an ordinary photo must not wait behind a large image")
+                .unwrap();
+            assert_eq!(metrics.decode_pixels_in_flight(), 8_000_000);
+            // The photo on the reserved quarter does not help the large image...
+            drop(photo);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(
+                !large.is_finished(),
+                "the reserved quarter is not for large images"
+            );
+            // ...two photos leaving the shared pool do.
+            drop(first);
+            drop(second);
+            let large = tokio::time::timeout(Duration::from_millis(500), large)
+                .await
+                .expect("the large image gets the freed share")
+                .unwrap()
+                .unwrap();
+            assert_eq!(metrics.decode_pixels_in_flight(), 5_000_000);
+            drop(third);
+            drop(large);
+            assert_eq!(metrics.decode_pixels_in_flight(), 0);
         });
     }
 
