@@ -131,6 +131,11 @@ pub enum Inspection {
     /// No cache file yet.
     Absent,
     Healthy(CacheStats),
+    /// A run was interrupted while it had the file open; the next one that opens it
+    /// repairs it.
+    Unclean {
+        file_bytes: u64,
+    },
     /// The file cannot be opened or read; the reason.
     Damaged {
         file_bytes: u64,
@@ -462,6 +467,23 @@ impl FeatureCache {
     }
 }
 
+/// Opens an existing `path` to look at it; `None` when it was not closed cleanly.
+/// redb 2 has no read-only open (`ReadOnlyDatabase` came with redb 3), so this is as
+/// close as it gets: `Builder::open` never creates or initialises a file, repair
+/// (which rewrites the allocator state) is refused, and only read transactions follow.
+/// redb still flips its "in use" flag in the header while the file is open.
+fn open_to_look(path: &Path) -> std::result::Result<Option<Database>, StoreFailure> {
+    guarded(|| {
+        let mut builder = Database::builder();
+        builder.set_repair_callback(|session| session.abort());
+        match builder.open(path) {
+            Ok(db) => Ok(Some(db)),
+            Err(redb::DatabaseError::RepairAborted) => Ok(None),
+            Err(e) => Err(redb::Error::from(e).into()),
+        }
+    })
+}
+
 /// `graft cache stats`: looks at the cache in `dir` without changing a damaged file.
 /// Every entry is read once, so damage anywhere in the file is found.
 pub fn inspect(dir: &Path) -> Result<Inspection> {
@@ -471,8 +493,16 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Inspection::Absent),
         Err(e) => return Err(Error::io(&path, e)),
     };
-    let db = match open_db(&path) {
-        Ok(db) => db,
+    if file_bytes == 0 {
+        // redb starts a new database in an empty file: nothing is cached yet.
+        return Ok(Inspection::Healthy(CacheStats {
+            entries: 0,
+            file_bytes,
+        }));
+    }
+    let db = match open_to_look(&path) {
+        Ok(Some(db)) => db,
+        Ok(None) => return Ok(Inspection::Unclean { file_bytes }),
         Err(StoreFailure::Panicked(reason) | StoreFailure::Corrupted(reason)) => {
             return Ok(Inspection::Damaged { file_bytes, reason })
         }
@@ -480,7 +510,10 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     };
     let read = run_op(&db, |db| {
         let txn = db.begin_read()?;
-        let table = txn.open_table(TABLE)?;
+        let table = match txn.open_table(TABLE) {
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            table => table?,
+        };
         let mut entries = 0u64;
         for item in table.iter()? {
             let (_, value) = item?;
@@ -632,6 +665,40 @@ mod tests {
         assert!(damaged.is_err());
         assert_eq!(set_aside_files(dir.path()).len(), 1);
         assert!(matches!(cache.get(&k).unwrap(), Lookup::Miss));
+    }
+
+    #[test]
+    fn inspect_does_not_turn_files_into_caches_or_repair_them() {
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::write(empty.path().join(FILE_NAME), b"").unwrap();
+        assert!(matches!(
+            inspect(empty.path()).unwrap(),
+            Inspection::Healthy(CacheStats { entries: 0, .. })
+        ));
+        assert_eq!(std::fs::read(empty.path().join(FILE_NAME)).unwrap(), b"");
+
+        // A copy taken while the cache is open is what a killed run leaves behind.
+        let live = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::open(live.path()).unwrap();
+        let k = ModelFingerprint::new(BackboneId::EfficientNetLite0, "w").key(&[4; 32], "");
+        cache.put_many(&[(k, vec![2.0])]).unwrap();
+        let killed = tempfile::tempdir().unwrap();
+        let file = killed.path().join(FILE_NAME);
+        std::fs::copy(cache.path(), &file).unwrap();
+        drop(cache);
+        let before = std::fs::read(&file).unwrap();
+        assert!(matches!(
+            inspect(killed.path()).unwrap(),
+            Inspection::Unclean { .. }
+        ));
+        assert_eq!(std::fs::read(&file).unwrap(), before);
+        let repaired = FeatureCache::open(killed.path()).unwrap();
+        assert!(matches!(repaired.get(&k).unwrap(), Lookup::Hit(v) if v == vec![2.0]));
+        drop(repaired);
+        assert!(matches!(
+            inspect(killed.path()).unwrap(),
+            Inspection::Healthy(CacheStats { entries: 1, .. })
+        ));
     }
 
     #[test]
