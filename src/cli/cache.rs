@@ -37,6 +37,12 @@ pub fn run(cmd: CacheCommand) -> anyhow::Result<Outcome> {
                     stats.entries,
                     mib(stats.file_bytes)
                 ),
+                Inspection::Unclean { file_bytes } => println!(
+                    "{}: feature cache not closed cleanly (a run was interrupted), {:.1} MiB; \
+                     the next train or extract repairs it",
+                    path.display(),
+                    mib(file_bytes)
+                ),
                 Inspection::Damaged { file_bytes, reason } => println!(
                     "{}: damaged feature cache ({reason}), {:.1} MiB; the next train or \
                      extract moves it aside and starts a new one, `graft cache clear` deletes it",

@@ -131,6 +131,11 @@ pub enum Inspection {
     /// No cache file yet.
     Absent,
     Healthy(CacheStats),
+    /// A run was interrupted while it had the file open; the next one that opens it
+    /// repairs it.
+    Unclean {
+        file_bytes: u64,
+    },
     /// The file cannot be opened or read; the reason.
     Damaged {
         file_bytes: u64,
@@ -158,13 +163,76 @@ thread_local! {
     static IN_STORE: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Why a call into redb failed. Only damage justifies setting the file aside: a cache
+/// can be many GB of work, and a full disk or a permission error says nothing about
+/// its contents (and would fail just the same on a new file).
+#[derive(Debug)]
+enum StoreFailure {
+    /// redb panicked: it met bytes it did not write.
+    Panicked(String),
+    /// redb says the file is not a database it can read: damaged, truncated, foreign
+    /// or of a format this redb does not read.
+    Corrupted(String),
+    /// Another process holds the file.
+    InUse,
+    /// Anything else (disk full, I/O error, permissions): the file is kept.
+    Other(redb::Error),
+}
+
+impl From<redb::Error> for StoreFailure {
+    fn from(e: redb::Error) -> StoreFailure {
+        use redb::Error as E;
+        match e {
+            E::DatabaseAlreadyOpen => StoreFailure::InUse,
+            E::Corrupted(_)
+            | E::RepairAborted
+            | E::UpgradeRequired(_)
+            | E::TableTypeMismatch { .. }
+            | E::TableIsMultimap(_)
+            | E::TableIsNotMultimap(_) => StoreFailure::Corrupted(e.to_string()),
+            // redb's answer to a file that does not start with its magic number, or that
+            // is shorter than its header says.
+            E::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                StoreFailure::Corrupted(e.to_string())
+            }
+            other => StoreFailure::Other(other),
+        }
+    }
+}
+
+impl StoreFailure {
+    /// The error for a failure that recovery cannot or must not handle.
+    fn into_error(self, path: &Path) -> Error {
+        match self {
+            StoreFailure::InUse => in_use(path),
+            StoreFailure::Other(e) => Error::invalid_input(
+                path,
+                format!(
+                    "the feature cache cannot be read or written ({e}); the file is kept: \
+                     check free disk space and the permissions of the file and its folder, \
+                     or pass --bottleneck-dir to use another cache"
+                ),
+            ),
+            StoreFailure::Panicked(reason) | StoreFailure::Corrupted(reason) => {
+                Error::invalid_input(
+                    path,
+                    format!(
+                        "cannot create a new feature cache: {reason}; check the folder \
+                         or pass --bottleneck-dir to use another one"
+                    ),
+                )
+            }
+        }
+    }
+}
+
 /// Runs one call into redb, turning a panic into an error. redb trusts its file: on
 /// bytes that are not what it wrote (a truncated or overwritten cache) it panics on
 /// assertions and slice bounds, at open and in the middle of transactions alike. A
 /// cache is disposable, so such a panic must become an error the caller recovers from.
 fn guarded<T>(
-    f: impl FnOnce() -> std::result::Result<T, String>,
-) -> std::result::Result<T, String> {
+    f: impl FnOnce() -> std::result::Result<T, StoreFailure>,
+) -> std::result::Result<T, StoreFailure> {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
@@ -185,43 +253,47 @@ fn guarded<T>(
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown failure".into());
-            Err(format!("the store failed on damaged data ({text})"))
+            Err(StoreFailure::Panicked(format!(
+                "the store failed on damaged data ({text})"
+            )))
         }
     }
 }
 
-/// Why a cache file cannot serve: in use elsewhere (leave it alone) or damaged (replace it).
-enum OpenError {
-    InUse,
-    Damaged(String),
+/// Runs `op` on `db` inside [`guarded`].
+fn run_op<T>(
+    db: &Database,
+    op: impl FnOnce(&Database) -> std::result::Result<T, redb::Error>,
+) -> std::result::Result<T, StoreFailure> {
+    guarded(|| op(db).map_err(StoreFailure::from))
 }
 
-/// Opens `path` and reads it through once (the table and its length), so a file that
-/// redb cannot make sense of is found here rather than halfway through a run.
-fn open_db(path: &Path) -> std::result::Result<Database, OpenError> {
-    let db = guarded(|| match Database::create(path) {
-        Ok(db) => Ok(Ok(db)),
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(Err(OpenError::InUse)),
-        Err(e) => Err(e.to_string()),
-    })
-    .map_err(OpenError::Damaged)??;
-    let checked = guarded(|| {
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
+/// Drops a database redb may have found damaged: that may panic too.
+fn close(db: Database) {
+    let _ = guarded(|| {
+        drop(db);
+        Ok(())
+    });
+}
+
+/// Opens (or creates) `path` and reads it through once (the table and its length), so
+/// a file that redb cannot make sense of is found here rather than halfway through a run.
+fn open_db(path: &Path) -> std::result::Result<Database, StoreFailure> {
+    let db = guarded(|| Database::create(path).map_err(|e| redb::Error::from(e).into()))?;
+    let checked = run_op(&db, |db| {
+        let txn = db.begin_write()?;
         {
-            let table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
-            table.len().map_err(|e| e.to_string())?;
+            let table = txn.open_table(TABLE)?;
+            table.len()?;
         }
-        txn.commit().map_err(|e| e.to_string())
+        txn.commit()?;
+        Ok(())
     });
     match checked {
         Ok(()) => Ok(db),
-        Err(reason) => {
-            // Dropping a database redb found damaged may panic too.
-            let _ = guarded(|| {
-                drop(db);
-                Ok(())
-            });
-            Err(OpenError::Damaged(reason))
+        Err(failure) => {
+            close(db);
+            Err(failure)
         }
     }
 }
@@ -268,9 +340,10 @@ fn set_aside(path: &Path, reason: &str) -> Result<PathBuf> {
 }
 
 impl FeatureCache {
-    /// Opens (or creates) the cache file `dir/features.redb`. A file that cannot be
-    /// opened or read is moved aside (`features.redb.corrupt-<time>`, with a warning)
-    /// and a new cache is started: it only ever holds what can be recomputed.
+    /// Opens (or creates) the cache file `dir/features.redb`. A file redb finds damaged
+    /// is moved aside (`features.redb.corrupt-<time>`, with a warning) and a new cache
+    /// is started: it only ever holds what can be recomputed. Other failures (I/O,
+    /// permissions) are errors and leave the file alone.
     pub fn open(dir: &Path) -> Result<FeatureCache> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(FILE_NAME);
@@ -284,21 +357,11 @@ impl FeatureCache {
     fn open_or_replace(path: &Path) -> Result<Database> {
         match open_db(path) {
             Ok(db) => Ok(db),
-            Err(OpenError::InUse) => Err(in_use(path)),
-            Err(OpenError::Damaged(reason)) => {
+            Err(StoreFailure::Panicked(reason) | StoreFailure::Corrupted(reason)) => {
                 set_aside(path, &reason)?;
-                match open_db(path) {
-                    Ok(db) => Ok(db),
-                    Err(OpenError::InUse) => Err(in_use(path)),
-                    Err(OpenError::Damaged(reason)) => Err(Error::invalid_input(
-                        path,
-                        format!(
-                            "cannot create a new feature cache: {reason}; check the folder \
-                             or pass --bottleneck-dir to use another one"
-                        ),
-                    )),
-                }
+                open_db(path).map_err(|f| f.into_error(path))
             }
+            Err(failure) => Err(failure.into_error(path)),
         }
     }
 
@@ -306,48 +369,38 @@ impl FeatureCache {
         &self.path
     }
 
-    /// Runs `op` on the database; when it fails because the file is damaged (an error
-    /// or a panic inside redb), the file is moved aside, a new cache started and `op`
-    /// run once more on it.
-    fn with_db<T>(&self, op: impl Fn(&Database) -> std::result::Result<T, String>) -> Result<T> {
+    /// Runs `op` on the database; when it fails because the file is damaged (a
+    /// corruption error or a panic inside redb), the file is moved aside, a new cache
+    /// started and `op` run once more on it. Any other failure is returned as it is.
+    fn with_db<T>(
+        &self,
+        op: impl Fn(&Database) -> std::result::Result<T, redb::Error>,
+    ) -> Result<T> {
         let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        let first = match slot.as_ref() {
-            Some(db) => guarded(|| op(db)),
-            None => Err("the cache was being replaced".into()),
-        };
-        let reason = match first {
-            Ok(value) => return Ok(value),
-            Err(reason) => reason,
-        };
-        if let Some(db) = slot.take() {
-            let _ = guarded(|| {
-                drop(db);
-                Ok(())
-            });
-        }
-        if self.path.exists() {
-            set_aside(&self.path, &reason)?;
-        }
-        let db = match open_db(&self.path) {
-            Ok(db) => db,
-            Err(OpenError::InUse) => return Err(in_use(&self.path)),
-            Err(OpenError::Damaged(reason)) => {
-                return Err(Error::invalid_input(
-                    &self.path,
-                    format!("cannot create a new feature cache: {reason}"),
-                ))
+        if let Some(db) = slot.as_ref() {
+            match run_op(db, &op) {
+                Ok(value) => return Ok(value),
+                Err(StoreFailure::Panicked(reason) | StoreFailure::Corrupted(reason)) => {
+                    if let Some(db) = slot.take() {
+                        close(db);
+                    }
+                    if self.path.exists() {
+                        set_aside(&self.path, &reason)?;
+                    }
+                }
+                Err(failure) => return Err(failure.into_error(&self.path)),
             }
-        };
-        let db = slot.insert(db);
-        guarded(|| op(db))
-            .map_err(|e| Error::invalid_input(&self.path, format!("feature cache: {e}")))
+        }
+        // Empty here after a set-aside, or when an earlier replacement could not open.
+        let db = slot.insert(Self::open_or_replace(&self.path)?);
+        run_op(db, &op).map_err(|f| f.into_error(&self.path))
     }
 
     pub fn get(&self, key: &[u8; 32]) -> Result<Lookup> {
         self.with_db(|db| {
-            let txn = db.begin_read().map_err(|e| e.to_string())?;
-            let table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
-            let found = table.get(key.as_slice()).map_err(|e| e.to_string())?;
+            let txn = db.begin_read()?;
+            let table = txn.open_table(TABLE)?;
+            let found = table.get(key.as_slice())?;
             Ok(match found {
                 None => Lookup::Miss,
                 Some(v) => match decode(v.value()) {
@@ -361,16 +414,14 @@ impl FeatureCache {
     /// Stores all entries in one durable transaction: all or nothing.
     pub fn put_many(&self, entries: &[([u8; 32], Vec<f32>)]) -> Result<()> {
         self.with_db(|db| {
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            let txn = db.begin_write()?;
             {
-                let mut table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
+                let mut table = txn.open_table(TABLE)?;
                 for (key, features) in entries {
-                    table
-                        .insert(key.as_slice(), encode(features).as_slice())
-                        .map_err(|e| e.to_string())?;
+                    table.insert(key.as_slice(), encode(features).as_slice())?;
                 }
             }
-            txn.commit().map_err(|e| e.to_string())
+            Ok(txn.commit()?)
         })
     }
 
@@ -378,22 +429,20 @@ impl FeatureCache {
     #[doc(hidden)]
     pub fn put_raw(&self, key: &[u8; 32], bytes: &[u8]) -> Result<()> {
         self.with_db(|db| {
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            let txn = db.begin_write()?;
             {
-                let mut table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
-                table
-                    .insert(key.as_slice(), bytes)
-                    .map_err(|e| e.to_string())?;
+                let mut table = txn.open_table(TABLE)?;
+                table.insert(key.as_slice(), bytes)?;
             }
-            txn.commit().map_err(|e| e.to_string())
+            Ok(txn.commit()?)
         })
     }
 
     pub fn stats(&self) -> Result<CacheStats> {
         let entries = self.with_db(|db| {
-            let txn = db.begin_read().map_err(|e| e.to_string())?;
-            let table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
-            table.len().map_err(|e| e.to_string())
+            let txn = db.begin_read()?;
+            let table = txn.open_table(TABLE)?;
+            Ok(table.len()?)
         })?;
         let file_bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         Ok(CacheStats {
@@ -405,17 +454,34 @@ impl FeatureCache {
     /// Removes every entry.
     pub fn clear(&self) -> Result<u64> {
         self.with_db(|db| {
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            let txn = db.begin_write()?;
             let removed = {
-                let mut table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
-                let n = table.len().map_err(|e| e.to_string())?;
-                table.retain(|_, _| false).map_err(|e| e.to_string())?;
+                let mut table = txn.open_table(TABLE)?;
+                let n = table.len()?;
+                table.retain(|_, _| false)?;
                 n
             };
-            txn.commit().map_err(|e| e.to_string())?;
+            txn.commit()?;
             Ok(removed)
         })
     }
+}
+
+/// Opens an existing `path` to look at it; `None` when it was not closed cleanly.
+/// redb 2 has no read-only open (`ReadOnlyDatabase` came with redb 3), so this is as
+/// close as it gets: `Builder::open` never creates or initialises a file, repair
+/// (which rewrites the allocator state) is refused, and only read transactions follow.
+/// redb still flips its "in use" flag in the header while the file is open.
+fn open_to_look(path: &Path) -> std::result::Result<Option<Database>, StoreFailure> {
+    guarded(|| {
+        let mut builder = Database::builder();
+        builder.set_repair_callback(|session| session.abort());
+        match builder.open(path) {
+            Ok(db) => Ok(Some(db)),
+            Err(redb::DatabaseError::RepairAborted) => Ok(None),
+            Err(e) => Err(redb::Error::from(e).into()),
+        }
+    })
 }
 
 /// `graft cache stats`: looks at the cache in `dir` without changing a damaged file.
@@ -427,26 +493,36 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Inspection::Absent),
         Err(e) => return Err(Error::io(&path, e)),
     };
-    let db = match open_db(&path) {
-        Ok(db) => db,
-        Err(OpenError::InUse) => return Err(in_use(&path)),
-        Err(OpenError::Damaged(reason)) => return Ok(Inspection::Damaged { file_bytes, reason }),
+    if file_bytes == 0 {
+        // redb starts a new database in an empty file: nothing is cached yet.
+        return Ok(Inspection::Healthy(CacheStats {
+            entries: 0,
+            file_bytes,
+        }));
+    }
+    let db = match open_to_look(&path) {
+        Ok(Some(db)) => db,
+        Ok(None) => return Ok(Inspection::Unclean { file_bytes }),
+        Err(StoreFailure::Panicked(reason) | StoreFailure::Corrupted(reason)) => {
+            return Ok(Inspection::Damaged { file_bytes, reason })
+        }
+        Err(failure) => return Err(failure.into_error(&path)),
     };
-    let read = guarded(|| {
-        let txn = db.begin_read().map_err(|e| e.to_string())?;
-        let table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
+    let read = run_op(&db, |db| {
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(TABLE) {
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            table => table?,
+        };
         let mut entries = 0u64;
-        for item in table.iter().map_err(|e| e.to_string())? {
-            let (_, value) = item.map_err(|e| e.to_string())?;
+        for item in table.iter()? {
+            let (_, value) = item?;
             std::hint::black_box(value.value().len());
             entries += 1;
         }
         Ok(entries)
     });
-    let _ = guarded(|| {
-        drop(db);
-        Ok(())
-    });
+    close(db);
     let file_bytes = std::fs::metadata(&path)
         .map(|m| m.len())
         .unwrap_or(file_bytes);
@@ -455,7 +531,10 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
             entries,
             file_bytes,
         }),
-        Err(reason) => Inspection::Damaged { file_bytes, reason },
+        Err(StoreFailure::Panicked(reason) | StoreFailure::Corrupted(reason)) => {
+            Inspection::Damaged { file_bytes, reason }
+        }
+        Err(failure) => return Err(failure.into_error(&path)),
     })
 }
 
@@ -475,11 +554,11 @@ pub fn clear_dir(dir: &Path) -> Result<Cleared> {
                 };
                 out.entries = cache.clear()?;
             }
-            Err(OpenError::InUse) => return Err(in_use(&path)),
-            Err(OpenError::Damaged(reason)) => {
+            Err(StoreFailure::Panicked(reason) | StoreFailure::Corrupted(reason)) => {
                 std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
                 out.removed_files.push((path.clone(), Some(reason)));
             }
+            Err(failure) => return Err(failure.into_error(&path)),
         }
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -526,6 +605,100 @@ mod tests {
         assert_eq!(cache.stats().unwrap().entries, 1);
         assert_eq!(cache.clear().unwrap(), 1);
         assert_eq!(cache.stats().unwrap().entries, 0);
+    }
+
+    fn set_aside_files(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(CORRUPT_INFIX))
+            .collect()
+    }
+
+    #[test]
+    fn only_damage_is_a_reason_to_set_a_cache_aside() {
+        let damaged = |e: redb::Error| {
+            matches!(
+                StoreFailure::from(e),
+                StoreFailure::Corrupted(_) | StoreFailure::Panicked(_)
+            )
+        };
+        assert!(damaged(redb::Error::Corrupted("bad page".into())));
+        assert!(damaged(redb::Error::RepairAborted));
+        assert!(damaged(redb::Error::UpgradeRequired(9)));
+        assert!(damaged(redb::Error::Io(
+            std::io::ErrorKind::InvalidData.into()
+        )));
+        // ENOSPC, EACCES, EIO: the file may be fine, and a new one would fail the same way.
+        for errno in [28, 13, 5] {
+            let e = redb::Error::Io(std::io::Error::from_raw_os_error(errno));
+            assert!(matches!(StoreFailure::from(e), StoreFailure::Other(_)));
+        }
+        assert!(!damaged(redb::Error::PreviousIo));
+        assert!(matches!(
+            StoreFailure::from(redb::Error::DatabaseAlreadyOpen),
+            StoreFailure::InUse
+        ));
+    }
+
+    #[test]
+    fn an_io_failure_keeps_the_cache_and_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::open(dir.path()).unwrap();
+        let k = ModelFingerprint::new(BackboneId::EfficientNetLite0, "w").key(&[1; 32], "");
+        cache.put_many(&[(k, vec![0.5, 1.5])]).unwrap();
+        let disk_full = cache
+            .with_db(|_| -> std::result::Result<(), redb::Error> {
+                Err(redb::Error::Io(std::io::Error::from_raw_os_error(28)))
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(disk_full.contains(FILE_NAME), "{disk_full}");
+        assert!(disk_full.contains("--bottleneck-dir"), "{disk_full}");
+        assert!(set_aside_files(dir.path()).is_empty());
+        assert!(matches!(cache.get(&k).unwrap(), Lookup::Hit(v) if v == vec![0.5, 1.5]));
+
+        // Damage, by contrast, sets the file aside and starts a new cache.
+        let damaged = cache.with_db(|_| -> std::result::Result<(), redb::Error> {
+            Err(redb::Error::Corrupted("bad page".into()))
+        });
+        assert!(damaged.is_err());
+        assert_eq!(set_aside_files(dir.path()).len(), 1);
+        assert!(matches!(cache.get(&k).unwrap(), Lookup::Miss));
+    }
+
+    #[test]
+    fn inspect_does_not_turn_files_into_caches_or_repair_them() {
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::write(empty.path().join(FILE_NAME), b"").unwrap();
+        assert!(matches!(
+            inspect(empty.path()).unwrap(),
+            Inspection::Healthy(CacheStats { entries: 0, .. })
+        ));
+        assert_eq!(std::fs::read(empty.path().join(FILE_NAME)).unwrap(), b"");
+
+        // A copy taken while the cache is open is what a killed run leaves behind.
+        let live = tempfile::tempdir().unwrap();
+        let cache = FeatureCache::open(live.path()).unwrap();
+        let k = ModelFingerprint::new(BackboneId::EfficientNetLite0, "w").key(&[4; 32], "");
+        cache.put_many(&[(k, vec![2.0])]).unwrap();
+        let killed = tempfile::tempdir().unwrap();
+        let file = killed.path().join(FILE_NAME);
+        std::fs::copy(cache.path(), &file).unwrap();
+        drop(cache);
+        let before = std::fs::read(&file).unwrap();
+        assert!(matches!(
+            inspect(killed.path()).unwrap(),
+            Inspection::Unclean { .. }
+        ));
+        assert_eq!(std::fs::read(&file).unwrap(), before);
+        let repaired = FeatureCache::open(killed.path()).unwrap();
+        assert!(matches!(repaired.get(&k).unwrap(), Lookup::Hit(v) if v == vec![2.0]));
+        drop(repaired);
+        assert!(matches!(
+            inspect(killed.path()).unwrap(),
+            Inspection::Healthy(CacheStats { entries: 1, .. })
+        ));
     }
 
     #[test]
