@@ -37,11 +37,12 @@ pub fn run(cmd: CacheCommand) -> anyhow::Result<Outcome> {
                     stats.entries,
                     mib(stats.file_bytes)
                 ),
-                Inspection::Unclean { file_bytes } => println!(
-                    "{}: feature cache not closed cleanly (a run was interrupted), {:.1} MiB; \
-                     the next train or extract repairs it",
+                Inspection::Repaired(stats) => println!(
+                    "{}: {} feature vectors, {:.1} MiB (repaired: an interrupted run had left \
+                     it open)",
                     path.display(),
-                    mib(file_bytes)
+                    stats.entries,
+                    mib(stats.file_bytes)
                 ),
                 Inspection::Damaged { file_bytes, reason } => println!(
                     "{}: damaged feature cache ({reason}), {:.1} MiB; the next train or \
