@@ -56,6 +56,20 @@ pub fn decode_rgb8(path: &Path, limits: DecodeLimits) -> Result<RgbImage> {
 
 /// Decodes in-memory image bytes; `origin` names them in errors.
 pub fn decode_rgb8_bytes(bytes: &[u8], origin: &Path, limits: DecodeLimits) -> Result<RgbImage> {
+    // The decoders can panic on crafted bytes (cargo fuzz found a PNG whose palette
+    // transform indexes out of bounds in png 0.18): a panic is a bad file, not a crash.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_unguarded(bytes, origin, limits)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::Decode {
+            path: origin.to_path_buf(),
+            reason: "the image decoder failed on malformed data".into(),
+        })
+    })
+}
+
+fn decode_unguarded(bytes: &[u8], origin: &Path, limits: DecodeLimits) -> Result<RgbImage> {
     let decode_err = |reason: String| Error::Decode {
         path: origin.to_path_buf(),
         reason,
@@ -305,6 +319,16 @@ mod tests {
             };
             *stored.get_pixel(sx, sy)
         })
+    }
+
+    #[test]
+    fn a_png_that_panics_the_decoder_is_a_decode_error() {
+        // Found by `cargo fuzz run decode_image`.
+        let bytes = include_bytes!("../../tests/fixtures/fuzz/png-palette-panic.png");
+        let err = decode_rgb8_bytes(bytes, Path::new("bomb.png"), DecodeLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bomb.png"), "{err}");
     }
 
     #[test]
