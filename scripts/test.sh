@@ -27,4 +27,15 @@ command -v node >/dev/null || { echo "Node.js and npm are required for the brows
 [ -f target/node/node_modules/playwright-core/package.json ] ||
   npm install --prefix target/node --no-audit --no-fund playwright-core@1.65 >/dev/null
 
+# Python clients of graft's outputs (onnxruntime, PIL, pyarrow, Ray) and the Python module's
+# build tool live in a virtual environment inside the ignored target/py; tests find it
+# through GRAFT_TEST_PYTHON.
+if [ ! -x target/py/bin/python ] || ! cmp -s scripts/requirements-test.txt target/py/requirements-test.txt; then
+  python3 -m venv target/py
+  target/py/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
+  cp scripts/requirements-test.txt target/py/requirements-test.txt
+fi
+GRAFT_TEST_PYTHON="$PWD/target/py/bin/python"
+export GRAFT_TEST_PYTHON
+
 cargo test --release "$@"
