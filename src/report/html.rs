@@ -720,8 +720,8 @@ fn classes_in_play(e: &Evaluation) -> Vec<usize> {
         .collect()
 }
 
-fn confusion_section(e: &Evaluation) -> String {
-    let shown = classes_in_play(e);
+/// The confusion heatmap of the classes `shown` as an SVG element with id `id`.
+fn heatmap_svg(e: &Evaluation, shown: &[usize], id: &str) -> String {
     let n = shown.len();
     let row_totals: Vec<u64> = e
         .confusion
@@ -749,7 +749,7 @@ fn confusion_section(e: &Evaluation) -> String {
     let height = (top + matrix + 12.0).ceil();
 
     let mut svg = format!(
-        r#"<svg id="confusion-heatmap" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="confusion matrix">"#
+        r#"<svg id="{id}" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="confusion matrix">"#
     );
     let _ = write!(
         svg,
@@ -822,6 +822,26 @@ fn confusion_section(e: &Evaluation) -> String {
         top + matrix / 2.0,
         top + matrix / 2.0
     );
+
+    svg
+}
+
+fn confusion_section(e: &Evaluation) -> String {
+    let shown = classes_in_play(e);
+    let n = shown.len();
+    let svg = heatmap_svg(e, &shown, "confusion-heatmap");
+    let row_totals: Vec<u64> = e
+        .confusion
+        .iter()
+        .map(|r| r.iter().map(|&c| u64::from(c)).sum())
+        .collect();
+    let share = |t: usize, count: u32| {
+        if row_totals[t] == 0 {
+            0.0
+        } else {
+            f64::from(count) / row_totals[t] as f64
+        }
+    };
 
     let pairs = e.top_confused_pairs(CONFUSED_PAIRS);
     let mut side = String::from(r#"<div class="heat-side"><h3>Most confused pairs</h3>"#);
