@@ -163,6 +163,21 @@ pub struct Manifest {
     pub split_sizes: SplitSizes,
     /// Final metrics (`test_accuracy`, `validation_accuracy`, ...).
     pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Each label's path in the class tree (`Fruit/Apple/Granny-Smith`), index-aligned
+    /// with `labels`; absent in a flat model (and in bundles older than the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_paths: Option<Vec<String>>,
+    /// Every consumer divides the logits by it before the softmax: fitted on the
+    /// validation split after training ([`crate::head::calibrate`]); 1 when absent.
+    #[serde(default = "no_temperature")]
+    pub temperature: f32,
+    /// The `--unknown-below` used when none is given (absent: every photo is answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_below: Option<f32>,
+}
+
+fn no_temperature() -> f32 {
+    1.0
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +231,33 @@ fn check_labels(dir: &Path, labels: &[String]) -> Result<()> {
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Refuses a temperature that is not a positive number, a default `--unknown-below`
+/// outside (0, 1), and class paths that do not match the labels.
+fn check_calibration(dir: &Path, m: &Manifest) -> Result<()> {
+    let refuse = |reason: String| {
+        Error::invalid_input(
+            dir.join(MANIFEST),
+            format!("{reason}; restore the model folder written by `graft train` or retrain"),
+        )
+    };
+    if !(m.temperature.is_finite() && m.temperature > 0.0) {
+        return Err(refuse(format!(
+            "temperature {} is not a positive number",
+            m.temperature
+        )));
+    }
+    if let Some(p) = m.unknown_below {
+        if !(p > 0.0 && p < 1.0) {
+            return Err(refuse(format!("unknown_below {p} is not between 0 and 1")));
+        }
+    }
+    if let Some(paths) = &m.class_paths {
+        crate::taxonomy::Taxonomy::new(&m.labels, paths.clone())
+            .map_err(|e| refuse(format!("class_paths: {e}")))?;
     }
     Ok(())
 }
@@ -385,7 +427,24 @@ impl Bundle {
             )));
         }
         check_labels(dir, &manifest.labels)?;
+        check_calibration(dir, &manifest)?;
         Ok(Bundle { manifest, head })
+    }
+
+    /// The model's class tree (flat when the manifest records none).
+    pub fn taxonomy(&self) -> crate::taxonomy::Taxonomy {
+        let m = &self.manifest;
+        m.class_paths
+            .as_ref()
+            .and_then(|paths| crate::taxonomy::Taxonomy::new(&m.labels, paths.clone()).ok())
+            .unwrap_or_else(|| crate::taxonomy::Taxonomy::flat(&m.labels))
+    }
+
+    /// Calibrated class probabilities of one feature vector `[dim]`: the head's logits
+    /// divided by the bundle's temperature, through the softmax. Everything that turns
+    /// features into scores goes through here, so no consumer forgets the temperature.
+    pub fn probabilities(&self, features: &[f32]) -> Vec<f32> {
+        crate::head::calibrate::softmax_at(&self.head.logits(features), self.manifest.temperature)
     }
 
     /// Checks the manifest against what graft knows of its backbone before anything is
@@ -481,6 +540,9 @@ mod tests {
                     test: 3,
                 },
                 metrics: serde_json::Map::new(),
+                class_paths: None,
+                temperature: 1.0,
+                unknown_below: None,
             },
             head: HeadWeights {
                 dim: 2,

@@ -1,14 +1,21 @@
 //! Scoring a trained bundle on a labelled image set, with the reports people look at:
-//! `metrics.json`, `confusion.csv`, `confusion.png`, `misclassified.csv` and `report.html`.
+//! `metrics.json`, `confusion.csv`, `confusion.png`, `misclassified.csv`,
+//! `predictions.csv` and `report.html`. Besides the classes it scores every level of the
+//! class tree, the calibration of the scores and what answering `unknown` below a
+//! threshold would cost and buy.
 
 use std::path::PathBuf;
+
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::features::cache::FeatureCache;
 use crate::features::cached::{cached_features, cached_views, ViewRequest};
 use crate::features::{ExtractOptions, Skipped};
+use crate::head::calibrate::{self, CalibrationReport};
 use crate::image::distort::View;
 use crate::metrics::{evaluate, Evaluation};
+use crate::openset::{at_threshold, risk_coverage, Rejection, THRESHOLDS};
 use crate::output::Folder;
 use crate::predict::{check_tta, Predictor};
 use crate::progress::Progress;
@@ -27,10 +34,31 @@ pub struct EvaluateOptions {
     pub output_dir: PathBuf,
     /// Where the HTML report goes (default: `<output_dir>/report.html`).
     pub report: Option<PathBuf>,
+    /// `--unknown-below` (default: the bundle's stored default, else none).
+    pub unknown_below: Option<f32>,
 }
+
+/// The evaluation at one level of the class tree above the classes.
+#[derive(Debug, Clone, Serialize)]
+pub struct LevelResult {
+    /// `level 1`, `level 2`, ...
+    pub name: String,
+    pub evaluation: Evaluation,
+}
+
+/// Points of the risk-coverage curve kept for the report and metrics.json.
+const RISK_POINTS: usize = 200;
 
 pub struct EvaluateResult {
     pub evaluation: Evaluation,
+    /// The levels of the class tree above the classes, top first (none for a flat model).
+    pub levels: Vec<LevelResult>,
+    pub calibration: CalibrationReport,
+    pub rejection: Rejection,
+    /// Per evaluated image, in `paths` order: answered `unknown`.
+    pub unknown: Vec<bool>,
+    /// Each class's path in the model's tree, index-aligned with the labels.
+    pub class_paths: Vec<String>,
     /// Relative path of each evaluated image, index-aligned with the evaluation.
     pub paths: Vec<String>,
     pub skipped: Vec<Skipped>,
@@ -51,6 +79,25 @@ impl EvaluateResult {
             "per_class": e.per_class,
             "confusion": e.confusion,
             "labels": e.labels,
+            "class_paths": self.class_paths,
+            "levels": self.levels.iter().map(|l| {
+                let e = &l.evaluation;
+                serde_json::json!({
+                    "name": l.name,
+                    "samples": e.samples,
+                    "top1_accuracy": e.top1_accuracy,
+                    "top5_accuracy": e.top5_accuracy,
+                    "top_k": e.top_k,
+                    "macro_precision": e.macro_precision,
+                    "macro_recall": e.macro_recall,
+                    "macro_f1": e.macro_f1,
+                    "labels": e.labels,
+                    "per_class": e.per_class,
+                    "confusion": e.confusion,
+                })
+            }).collect::<Vec<_>>(),
+            "calibration": self.calibration,
+            "rejection": self.rejection,
             "misclassified": e.misclassified.iter().map(|m| serde_json::json!({
                 "path": self.paths[m.index],
                 "true": e.labels[m.truth],
@@ -147,19 +194,67 @@ pub fn evaluate_bundle(
     }
     let mut truth = Vec::new();
     let mut probs = Vec::new();
+    let mut raw_probs = Vec::new();
     let mut rel_paths = Vec::new();
     let mut full_paths = Vec::new();
     for (image, views) in dataset.images.iter().zip(&views) {
         if views.len() == tta {
             truth.push(to_model[image.label]);
             probs.push(predictor.mean_probabilities(views.iter().copied()));
+            raw_probs.push(predictor.mean_probabilities_at(views.iter().copied(), 1.0));
             rel_paths.push(image.relative.clone());
             full_paths.push(image.path.clone());
         }
     }
     let evaluation = evaluate(labels, &truth, &probs)?;
+    let taxonomy = predictor.bundle.taxonomy();
+    let mut levels = Vec::new();
+    for level in taxonomy.levels().into_iter().filter(|l| l.name != "fine") {
+        levels.push(LevelResult {
+            evaluation: level.evaluate(&truth, &probs)?,
+            name: level.name,
+        });
+    }
+    let bins = calibrate::ECE_BINS;
+    let calibration = CalibrationReport {
+        temperature: predictor.bundle.manifest.temperature,
+        ece_uncalibrated: calibrate::ece(&raw_probs, &truth, bins),
+        ece_calibrated: calibrate::ece(&probs, &truth, bins),
+        reliability_uncalibrated: calibrate::reliability(&raw_probs, &truth, bins),
+        reliability_calibrated: calibrate::reliability(&probs, &truth, bins),
+    };
+    let top1: Vec<(usize, f32)> = probs
+        .iter()
+        .map(|row| {
+            crate::predict::top_k(row, 1)
+                .first()
+                .copied()
+                .unwrap_or((usize::MAX, 0.0))
+        })
+        .collect();
+    let confidence: Vec<f32> = top1.iter().map(|t| t.1).collect();
+    let correct: Vec<bool> = top1.iter().zip(&truth).map(|(t, &c)| t.0 == c).collect();
+    let unknown_below = predictor.unknown_below(options.unknown_below);
+    let rejection = Rejection {
+        unknown_below,
+        at_chosen: unknown_below.map(|p| at_threshold(&confidence, &correct, p)),
+        table: THRESHOLDS
+            .iter()
+            .map(|&p| at_threshold(&confidence, &correct, p))
+            .collect(),
+        risk_coverage: risk_coverage(&confidence, &correct, RISK_POINTS),
+    };
+    let unknown = probs
+        .iter()
+        .map(|row| crate::predict::is_unknown(row, unknown_below))
+        .collect();
     let result = EvaluateResult {
         evaluation,
+        levels,
+        calibration,
+        rejection,
+        unknown,
+        class_paths: taxonomy.paths().to_vec(),
         paths: rel_paths,
         skipped: dataset
             .skipped
@@ -199,6 +294,10 @@ pub fn evaluate_bundle(
     }
     let bytes = w.into_inner().map_err(|e| Error::Invalid(e.to_string()))?;
     crate::fsx::write_atomic(&dir.join("misclassified.csv"), &bytes)?;
+    crate::fsx::write_atomic(
+        &dir.join("predictions.csv"),
+        &predictions_csv(&result, &truth, &probs)?,
+    )?;
     write_html_report(
         options,
         &predictor.bundle.manifest,
@@ -208,6 +307,51 @@ pub fn evaluate_bundle(
         started,
     )?;
     Ok(result)
+}
+
+/// `predictions.csv`: one row per evaluated photo, with the true and predicted class,
+/// their paths in the class tree and the answer (`unknown` below the threshold), so a
+/// script can recompute any level's accuracy (scripts/check_levels.py does).
+fn predictions_csv(
+    result: &EvaluateResult,
+    truth: &[usize],
+    probs: &[Vec<f32>],
+) -> Result<Vec<u8>> {
+    let labels = &result.evaluation.labels;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let csv_err = |e: csv::Error| Error::Invalid(e.to_string());
+    w.write_record([
+        "path",
+        "true",
+        "predicted",
+        "score",
+        "answer",
+        "true_path",
+        "predicted_path",
+    ])
+    .map_err(csv_err)?;
+    for (i, (&t, row)) in truth.iter().zip(probs).enumerate() {
+        let (p, score) = crate::predict::top_k(row, 1)
+            .first()
+            .copied()
+            .unwrap_or((t, 0.0));
+        let answer = if result.unknown[i] {
+            crate::predict::UNKNOWN
+        } else {
+            labels[p].as_str()
+        };
+        w.write_record([
+            result.paths[i].as_str(),
+            labels[t].as_str(),
+            labels[p].as_str(),
+            &format!("{score:.6}"),
+            answer,
+            result.class_paths[t].as_str(),
+            result.class_paths[p].as_str(),
+        ])
+        .map_err(csv_err)?;
+    }
+    w.into_inner().map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// Refuses, before any work, an output folder or report that is not graft's to write,
@@ -331,6 +475,13 @@ fn write_html_report(
             curve_png,
             evaluation: Some(e),
             image_paths,
+            levels: result
+                .levels
+                .iter()
+                .map(|l| (l.name.clone(), &l.evaluation))
+                .collect(),
+            calibration: Some(&result.calibration),
+            rejection: Some(&result.rejection),
         },
     )
 }

@@ -27,12 +27,14 @@ pub mod head;
 pub mod home;
 pub mod image;
 pub mod metrics;
+pub mod openset;
 pub mod output;
 pub mod predict;
 pub mod progress;
 pub mod report;
 pub mod retrain;
 pub mod serve;
+pub mod taxonomy;
 pub mod weights;
 
 pub use error::{Error, Result};

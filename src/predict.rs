@@ -22,8 +22,15 @@ pub struct Predictor {
 #[derive(Debug, Clone, Serialize)]
 pub struct Scored {
     pub label: String,
+    /// The label's path in the class tree (`Fruit/Apple/Granny-Smith`; the label itself
+    /// for a flat model).
+    pub class_path: String,
     pub score: f32,
 }
+
+/// What an image is answered with when its calibrated top score is below the
+/// `--unknown-below` threshold.
+pub const UNKNOWN: &str = "unknown";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
@@ -32,6 +39,19 @@ pub struct Prediction {
     pub image_id: String,
     /// Best first.
     pub top: Vec<Scored>,
+    /// The top score is below the `--unknown-below` threshold: the answer is
+    /// [`UNKNOWN`] (`top` still lists the best guesses).
+    pub unknown: bool,
+}
+
+impl Prediction {
+    /// The answer: the best label, or [`UNKNOWN`].
+    pub fn answer(&self) -> &str {
+        match self.top.first() {
+            Some(best) if !self.unknown => &best.label,
+            _ => UNKNOWN,
+        }
+    }
 }
 
 /// The `k` best (class, probability) pairs, best first, ties to the lower class index.
@@ -88,7 +108,7 @@ impl Predictor {
 
     /// Probabilities over the bundle's labels for one feature vector.
     pub fn probabilities(&self, features: &[f32]) -> Vec<f32> {
-        self.bundle.head.probabilities(features)
+        self.bundle.probabilities(features)
     }
 
     /// `k` labels per image as asked, at most as many as the model has (as serve does).
@@ -97,21 +117,39 @@ impl Predictor {
     }
 
     fn scored(&self, probs: &[f32], k: usize) -> Vec<Scored> {
+        let taxonomy = self.bundle.taxonomy();
         top_k(probs, self.effective_k(k))
             .into_iter()
             .map(|(i, score)| Scored {
                 label: self.bundle.manifest.labels[i].clone(),
+                class_path: taxonomy.path(i).to_string(),
                 score,
             })
             .collect()
     }
 
+    /// The threshold in force: the one asked for, else the bundle's stored default.
+    pub fn unknown_below(&self, asked: Option<f32>) -> Option<f32> {
+        asked.or(self.bundle.manifest.unknown_below)
+    }
+
     /// Probabilities averaged over several views' feature vectors (test-time augmentation).
     pub fn mean_probabilities<'a>(&self, views: impl IntoIterator<Item = &'a [f32]>) -> Vec<f32> {
+        self.mean_probabilities_at(views, self.bundle.manifest.temperature)
+    }
+
+    /// [`Predictor::mean_probabilities`] at another temperature (1: uncalibrated).
+    pub fn mean_probabilities_at<'a>(
+        &self,
+        views: impl IntoIterator<Item = &'a [f32]>,
+        temperature: f32,
+    ) -> Vec<f32> {
         let mut sum = vec![0f32; self.bundle.manifest.labels.len()];
         let mut n = 0usize;
         for features in views {
-            for (s, p) in sum.iter_mut().zip(self.probabilities(features)) {
+            let logits = self.bundle.head.logits(features);
+            let probs = crate::head::calibrate::softmax_at(&logits, temperature);
+            for (s, p) in sum.iter_mut().zip(probs) {
                 *s += p;
             }
             n += 1;
@@ -128,6 +166,7 @@ impl Predictor {
         paths: &[PathBuf],
         k: usize,
         tta: usize,
+        unknown_below: Option<f32>,
         options: ExtractOptions,
         progress: &dyn Progress,
     ) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
@@ -170,6 +209,7 @@ impl Predictor {
                         .map(|s| s.to_string_lossy().into_owned())
                         .unwrap_or_default(),
                     top: self.scored(&probs, k),
+                    unknown: is_unknown(&probs, unknown_below),
                 });
                 Ok(())
             },
@@ -192,6 +232,16 @@ pub fn duplicate_ids(predictions: &[Prediction]) -> Vec<(&Prediction, &Predictio
         }
     }
     out
+}
+
+/// Whether a calibrated probability row is answered [`UNKNOWN`] at `threshold`.
+pub fn is_unknown(probs: &[f32], threshold: Option<f32>) -> bool {
+    match threshold {
+        Some(p) => top_k(probs, 1)
+            .first()
+            .is_none_or(|&(_, best)| !(best >= p)),
+        None => false,
+    }
 }
 
 /// Validates `--tta N`.

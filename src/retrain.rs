@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::features::cache::FeatureCache;
 use crate::features::cached::{cached_features, cached_views, ViewRequest};
 use crate::features::{extract_views, ExtractOptions, Job, Skipped};
+use crate::head::calibrate;
 use crate::head::train::{score, CachedVariants, Originals, TrainFeatures};
 use crate::head::{train_head, HeadWeights, SplitData, TrainConfig, TrainEvent};
 use crate::image::distort::Distortions;
@@ -69,6 +70,8 @@ pub struct RetrainOptions {
     pub distortion_mode: DistortionMode,
     /// Distorted variants per training image in [`DistortionMode::Cached`].
     pub distorted_variants: usize,
+    /// The `--unknown-below` the bundle answers with when none is given.
+    pub unknown_below: Option<f32>,
 }
 
 /// How training-time distortions reach the head.
@@ -210,7 +213,8 @@ pub fn retrain(
         None => None,
     };
     let mut curve = Vec::new();
-    let manifest_for = |head_metrics: serde_json::Map<String, serde_json::Value>| Manifest {
+    let manifest_for = |head_metrics: serde_json::Map<String, serde_json::Value>,
+                        temperature: f32| Manifest {
         format_version: FORMAT_VERSION,
         graft_version: env!("CARGO_PKG_VERSION").to_string(),
         backbone: backbone.id,
@@ -239,6 +243,9 @@ pub fn retrain(
         }),
         split_sizes: split_sizes.clone(),
         metrics: head_metrics,
+        class_paths: Some(dataset.class_paths.clone()),
+        temperature,
+        unknown_below: options.unknown_below,
     };
 
     // Only training images are ever distorted: validation and test use the originals.
@@ -320,7 +327,7 @@ pub fn retrain(
                 }
                 TrainEvent::Intermediate { step } => {
                     let bundle = Bundle {
-                        manifest: manifest_for(serde_json::Map::new()),
+                        manifest: manifest_for(serde_json::Map::new(), 1.0),
                         head: weights.clone(),
                     };
                     bundle.save(&options.intermediate_dir.join(format!("step-{step}")))?;
@@ -342,15 +349,29 @@ pub fn retrain(
         let (acc, _) = score(&result.head, &validation, &all_validation);
         metrics.insert("validation_accuracy".into(), f64::from(acc).into());
     }
-    let (test_eval, test_paths) =
-        evaluate_test(&result.head, &dataset, &test, test_paths, options)?;
+    // Calibration is fitted on the validation split and judged on the test split, which
+    // the fit never saw.
+    let validation_logits: Vec<Vec<f32>> = (0..validation.len())
+        .map(|i| result.head.logits(validation.row(i)))
+        .collect();
+    let temperature = calibrate::fit_temperature(&validation_logits, &validation.labels);
+    metrics.insert("temperature".into(), f64::from(temperature).into());
+    let (test_eval, test_paths) = evaluate_test(
+        &result.head,
+        temperature,
+        &dataset,
+        &test,
+        test_paths,
+        options,
+        &mut metrics,
+    )?;
     if let Some(e) = &test_eval {
         metrics.insert("test_accuracy".into(), e.top1_accuracy.into());
         metrics.insert("test_top5_accuracy".into(), e.top5_accuracy.into());
         metrics.insert("test_images".into(), e.samples.into());
     }
     let bundle = Bundle {
-        manifest: manifest_for(metrics),
+        manifest: manifest_for(metrics, temperature),
         head: result.head,
     };
     bundle.save(&options.output)?;
@@ -515,6 +536,9 @@ fn write_html_report(
             curve_png: None,
             evaluation: outcome.test.as_ref(),
             image_paths: &image_paths,
+            levels: Vec::new(),
+            calibration: None,
+            rejection: None,
         },
     )
 }
@@ -644,12 +668,16 @@ impl TrainFeatures for OnlineDistortions<'_> {
     }
 }
 
+/// The test split's evaluation at the fitted temperature, recording in `metrics` the
+/// expected calibration error there before (`T = 1`) and after calibration.
 fn evaluate_test(
     head: &HeadWeights,
+    temperature: f32,
     dataset: &Dataset,
     test: &SplitData,
     test_paths: Vec<String>,
     options: &RetrainOptions,
+    metrics: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<(Option<Evaluation>, Vec<String>)> {
     if test.is_empty() {
         return Ok((None, Vec::new()));
@@ -663,11 +691,25 @@ fn evaluate_test(
             .map(|_| rng.gen_range(0..test.len()))
             .collect()
     };
-    let probs: Vec<Vec<f32>> = indices
+    let logits: Vec<Vec<f32>> = indices.iter().map(|&i| head.logits(test.row(i))).collect();
+    let raw: Vec<Vec<f32>> = logits
         .iter()
-        .map(|&i| head.probabilities(test.row(i)))
+        .map(|l| calibrate::softmax_at(l, 1.0))
+        .collect();
+    let probs: Vec<Vec<f32>> = logits
+        .iter()
+        .map(|l| calibrate::softmax_at(l, temperature))
         .collect();
     let truth: Vec<usize> = indices.iter().map(|&i| test.labels[i]).collect();
+    let bins = calibrate::ECE_BINS;
+    metrics.insert(
+        "test_ece_uncalibrated".into(),
+        calibrate::ece(&raw, &truth, bins).into(),
+    );
+    metrics.insert(
+        "test_ece_calibrated".into(),
+        calibrate::ece(&probs, &truth, bins).into(),
+    );
     let eval = evaluate(&dataset.classes, &truth, &probs)?;
     Ok((
         Some(eval),

@@ -42,6 +42,11 @@ pub struct Args {
     /// up to 10: original, mirror, four 90% corner crops and their mirrors).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = values::tta)]
     tta: usize,
+    /// Answer `unknown` when the calibrated top score is below P (between 0 and 1;
+    /// default: the model's stored default, else always answer); the report shows
+    /// coverage and accuracy of the answered at P and at 0.1 ... 0.9.
+    #[arg(long, value_name = "P", value_parser = values::probability_open, allow_hyphen_values = true)]
+    unknown_below: Option<f32>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -58,6 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         tta: args.tta,
         output_dir: args.output_dir.clone(),
         report: args.report.clone(),
+        unknown_below: args.unknown_below,
     };
     let result = evaluate_bundle(&options, &bar)?;
     let e = &result.evaluation;
@@ -80,8 +86,58 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                     );
                 }
             }
+            for level in &result.levels {
+                println!("{}:\n{}", level.name, level.evaluation.per_class_table());
+            }
+            let c = &result.calibration;
             println!(
-                "top-1 accuracy {:.2}% ({} of {}), top-{} accuracy {:.2}%; reports in {}",
+                "calibration: temperature {:.3}; expected calibration error {:.4} before, {:.4} after",
+                c.temperature, c.ece_uncalibrated, c.ece_calibrated
+            );
+            let r = &result.rejection;
+            println!("answering only above a threshold P (calibrated top score):");
+            println!(
+                "  {:>5}  {:>8}  {:>18}",
+                "P", "coverage", "accuracy answered"
+            );
+            for t in r.at_chosen.iter().chain(&r.table) {
+                println!(
+                    "  {:>5.2}  {:>7.2}%  {:>17.2}%",
+                    t.threshold,
+                    t.coverage * 100.0,
+                    t.answered_accuracy * 100.0
+                );
+            }
+            if let Some(t) = &r.at_chosen {
+                println!(
+                    "unknown below {}: {} of {} photos answered ({:.2}%), {:.2}% of them right",
+                    t.threshold,
+                    t.answered,
+                    e.samples,
+                    t.coverage * 100.0,
+                    t.answered_accuracy * 100.0
+                );
+            }
+            for level in &result.levels {
+                let l = &level.evaluation;
+                println!(
+                    "{} ({} groups): top-1 accuracy {:.2}% ({} of {}), top-{} accuracy {:.2}%",
+                    level.name,
+                    l.labels.len(),
+                    l.top1_accuracy * 100.0,
+                    l.correct,
+                    l.samples,
+                    l.top_k,
+                    l.top5_accuracy * 100.0
+                );
+            }
+            let fine = if result.levels.is_empty() {
+                ""
+            } else {
+                "fine: "
+            };
+            println!(
+                "{fine}top-1 accuracy {:.2}% ({} of {}), top-{} accuracy {:.2}%; reports in {}",
                 e.top1_accuracy * 100.0,
                 e.correct,
                 e.samples,

@@ -45,9 +45,19 @@ pub struct Args {
     /// up to 10: original, mirror, four 90% corner crops and their mirrors).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = values::tta)]
     tta: usize,
+    /// Answer `unknown` when the calibrated top score is below P (between 0 and 1;
+    /// default: the model's stored default, else always answer).
+    #[arg(long, value_name = "P", value_parser = values::probability_open, allow_hyphen_values = true)]
+    unknown_below: Option<f32>,
 }
 
-fn render(predictions: &[Prediction], format: Format, top_k: usize) -> anyhow::Result<Vec<u8>> {
+/// `tree`: the model has a class tree, so CSV rows also carry the answer's class path.
+fn render(
+    predictions: &[Prediction],
+    format: Format,
+    top_k: usize,
+    tree: bool,
+) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     match format {
         Format::Table => {
@@ -55,14 +65,22 @@ fn render(predictions: &[Prediction], format: Format, top_k: usize) -> anyhow::R
                 let labels: Vec<String> = p
                     .top
                     .iter()
-                    .map(|s| format!("{} ({:.3})", s.label, s.score))
+                    .map(|s| format!("{} ({:.3})", s.class_path, s.score))
                     .collect();
-                writeln!(out, "{}\t{}", p.path.display(), labels.join(", "))?;
+                let unknown = if p.unknown {
+                    "unknown; best guesses "
+                } else {
+                    ""
+                };
+                writeln!(out, "{}\t{unknown}{}", p.path.display(), labels.join(", "))?;
             }
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(&mut out);
             let mut header = vec!["image_id".to_string(), "label".to_string()];
+            if tree {
+                header.push("class_path".into());
+            }
             if top_k > 1 {
                 header.push("score".into());
                 for k in 2..=top_k {
@@ -74,7 +92,17 @@ fn render(predictions: &[Prediction], format: Format, top_k: usize) -> anyhow::R
             for p in predictions {
                 let mut row = vec![p.image_id.clone()];
                 for (k, s) in p.top.iter().enumerate() {
-                    row.push(s.label.clone());
+                    // The first label is the answer, `unknown` when it is refused.
+                    match k {
+                        0 if p.unknown => row.push(p.answer().to_string()),
+                        _ => row.push(s.label.clone()),
+                    }
+                    if k == 0 && tree {
+                        row.push(match p.unknown {
+                            true => p.answer().to_string(),
+                            false => s.class_path.clone(),
+                        });
+                    }
                     if top_k > 1 || k > 0 {
                         row.push(format!("{:.6}", s.score));
                     }
@@ -107,8 +135,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         batch_size: args.batch_size,
         ..ExtractOptions::default()
     };
-    let (mut predictions, skipped) =
-        predictor.predict_paths(&paths, args.top_k, args.tta, options, &bar)?;
+    let (mut predictions, skipped) = predictor.predict_paths(
+        &paths,
+        args.top_k,
+        args.tta,
+        predictor.unknown_below(args.unknown_below),
+        options,
+        &bar,
+    )?;
     if matches!(args.format, Format::Csv) {
         // Submission rows in a stable order, whatever order the files were given in.
         predictions.sort_by(|a, b| a.image_id.cmp(&b.image_id).then(a.path.cmp(&b.path)));
@@ -120,13 +154,19 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                  rename one of the files so every id names one image",
                 first.image_id,
                 first.path.display(),
-                first.top.first().map(|s| s.label.as_str()).unwrap_or(""),
+                first.answer(),
                 other.path.display(),
-                other.top.first().map(|s| s.label.as_str()).unwrap_or("")
+                other.answer()
             );
         }
     }
-    let text = render(&predictions, args.format, predictor.effective_k(args.top_k))?;
+    let tree = predictor.bundle.taxonomy().depth() > 1;
+    let text = render(
+        &predictions,
+        args.format,
+        predictor.effective_k(args.top_k),
+        tree,
+    )?;
     match &args.output {
         Some(path) => {
             graft::fsx::write_atomic(path, &text)

@@ -53,11 +53,19 @@ pub struct Args {
     /// above those is refused (413).
     #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     decode_budget_mpx: u32,
+    /// Answer `unknown` when the calibrated top score is below P (between 0 and 1;
+    /// default: the model's stored default, else always answer).
+    #[arg(long, value_name = "P", value_parser = values::probability_open, allow_hyphen_values = true)]
+    unknown_below: Option<f32>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let predictor = Predictor::load(&args.bundle, &Bar::new())
+    let mut predictor = Predictor::load(&args.bundle, &Bar::new())
         .with_context(|| format!("loading the model {}", args.bundle.display()))?;
+    // The flag overrides the default stored at training; the served model says which.
+    if let Some(p) = args.unknown_below {
+        predictor.bundle.manifest.unknown_below = Some(p);
+    }
     let options = Options {
         addr: args.addr,
         batch: BatchOptions {

@@ -101,6 +101,10 @@ pub struct Args {
     /// forward passes of those 1000 online steps (docs/accuracy.md, "Distortions").
     #[arg(long, default_value_t = 16, value_name = "K")]
     distorted_variants: usize,
+    /// Store a default for predict / evaluate / serve: answer `unknown` when the
+    /// calibrated top score is below P (between 0 and 1; default: always answer).
+    #[arg(long, value_name = "P", value_parser = values::probability_open, allow_hyphen_values = true)]
+    unknown_below: Option<f32>,
 }
 
 fn percent(v: f32) -> String {
@@ -157,6 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         },
         distortion_mode: args.distortion_mode,
         distorted_variants: args.distorted_variants,
+        unknown_below: args.unknown_below,
     };
 
     let bar = Bar::new();

@@ -29,6 +29,21 @@ pub fn penalty(text: &str) -> Result<f64, String> {
     bounded_f64(text, 0.0, false, 10.0)
 }
 
+/// A score threshold strictly between 0 and 1 (`--unknown-below`): at 0 nothing would
+/// be refused, at 1 everything.
+pub fn probability_open(text: &str) -> Result<f32, String> {
+    let v: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !(v > 0.0 && v < 1.0) {
+        return Err(format!(
+            "{text} is out of range: give a number above 0 and below 1"
+        ));
+    }
+    Ok(v as f32)
+}
+
 /// A percentage: 0 to 100.
 pub fn percentage(text: &str) -> Result<f64, String> {
     bounded_f64(text, 0.0, false, 100.0)

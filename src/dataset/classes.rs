@@ -27,6 +27,9 @@ pub struct Dataset {
     pub root: PathBuf,
     /// Sorted class names.
     pub classes: Vec<String>,
+    /// Each class's path in the taxonomy (`Fruit/Apple/Granny-Smith`), index-aligned
+    /// with `classes`: its folder relative to the root, or its label in a labels CSV.
+    pub class_paths: Vec<String>,
     /// Sorted by relative path.
     pub images: Vec<LabeledImage>,
     /// Entries of the folder walk that could not be read, each with its reason.
@@ -108,7 +111,7 @@ impl Dataset {
             }
             per_image.push((entry, name));
         }
-        let classes: Vec<String> = folders.into_keys().collect();
+        let (classes, class_paths): (Vec<String>, Vec<String>) = folders.into_iter().unzip();
         let images = per_image
             .into_iter()
             .map(|(entry, name)| LabeledImage {
@@ -118,6 +121,7 @@ impl Dataset {
             })
             .collect();
         let mut dataset = Dataset::new(root, classes, images)?;
+        dataset.class_paths = class_paths;
         dataset.skipped = scan.skipped;
         dataset.scan_warnings = scan.warnings;
         Ok(dataset)
@@ -135,6 +139,10 @@ impl Dataset {
         let csv = read_labels_csv(csv_path)?;
         labels_csv_columns(&csv)?;
         let mut rows: Vec<(String, String)> = Vec::with_capacity(csv.rows.len());
+        // A label may be a path in the taxonomy (`Fruit/Apple/Granny-Smith`): its last
+        // part is the class, and every row of that class must give the same path.
+        // class -> (path, first line giving it)
+        let mut paths: BTreeMap<String, (String, u64)> = BTreeMap::new();
         for row in csv.rows {
             if row.label.is_empty() {
                 return Err(Error::invalid_input(
@@ -142,7 +150,33 @@ impl Dataset {
                     format!("line {}: empty label for '{}'", row.line, row.image_id),
                 ));
             }
-            rows.push((row.image_id, row.label));
+            let path = row.label.trim_matches('/').to_string();
+            if path.split('/').any(|part| part.trim().is_empty()) {
+                return Err(Error::invalid_input(
+                    csv_path,
+                    format!(
+                        "line {}: label '{}' has an empty part; write class paths as                          `Group/Subgroup/Class`",
+                        row.line, row.label
+                    ),
+                ));
+            }
+            let class = crate::taxonomy::leaf(&path).to_string();
+            match paths.get(&class) {
+                Some((first, line)) if *first != path => {
+                    return Err(Error::invalid_input(
+                        csv_path,
+                        format!(
+                            "line {line} puts class '{class}' at '{first}' but line {} puts it                              at '{path}'; give every row of a class the same path (or rename                              one of the classes)",
+                            row.line
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    paths.insert(class.clone(), (path, row.line));
+                }
+            }
+            rows.push((row.image_id, class));
         }
         let rows: Vec<(PathBuf, String)> = rows
             .into_iter()
@@ -160,6 +194,7 @@ impl Dataset {
             })
             .collect();
         images.sort_by(|a, b| a.relative.cmp(&b.relative));
+        let class_paths = paths.into_values().map(|(path, _)| path).collect();
         for pair in images.windows(2) {
             if pair[0].relative == pair[1].relative {
                 return Err(Error::invalid_input(
@@ -171,7 +206,9 @@ impl Dataset {
                 ));
             }
         }
-        Dataset::new(&root, classes, images)
+        let mut dataset = Dataset::new(&root, classes, images)?;
+        dataset.class_paths = class_paths;
+        Ok(dataset)
     }
 
     fn new(root: &Path, classes: Vec<String>, images: Vec<LabeledImage>) -> Result<Dataset> {
@@ -183,6 +220,7 @@ impl Dataset {
         }
         Ok(Dataset {
             root: root.to_path_buf(),
+            class_paths: classes.clone(),
             classes,
             images,
             skipped: Vec::new(),
@@ -289,6 +327,57 @@ mod tests {
         let ds = Dataset::from_class_folders(dir.path()).unwrap();
         let err = ds.require_trainable().unwrap_err().to_string();
         assert!(err.contains("at least 2") && err.contains("Apple"), "{err}");
+    }
+
+    #[test]
+    fn class_paths_come_from_folders_and_from_path_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "Fruit/Apple/Granny-Smith/1.jpg");
+        touch(dir.path(), "Fruit/Banana/1.jpg");
+        let ds = Dataset::from_class_folders(dir.path()).unwrap();
+        assert_eq!(ds.classes, vec!["Banana", "Granny-Smith"]);
+        assert_eq!(
+            ds.class_paths,
+            vec!["Fruit/Banana", "Fruit/Apple/Granny-Smith"]
+        );
+        let csv = dir.path().join("labels.csv");
+        std::fs::write(
+            &csv,
+            "path,label\n1.jpg,Fruit/Apple/Granny-Smith\n2.jpg,Fruit/Banana\n3.jpg,Fruit/Banana\n",
+        )
+        .unwrap();
+        let ds = Dataset::from_labels_csv(&csv, None).unwrap();
+        assert_eq!(ds.classes, vec!["Banana", "Granny-Smith"]);
+        assert_eq!(
+            ds.class_paths,
+            vec!["Fruit/Banana", "Fruit/Apple/Granny-Smith"]
+        );
+        assert_eq!(ds.images[1].label, 0);
+    }
+
+    #[test]
+    fn a_class_at_two_paths_names_both_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("labels.csv");
+        std::fs::write(&csv, "path,label\n1.jpg,A/B\n2.jpg,x\n3.jpg,C/B\n").unwrap();
+        let err = Dataset::from_labels_csv(&csv, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2")
+                && err.contains("line 4")
+                && err.contains("'A/B'")
+                && err.contains("'C/B'"),
+            "{err}"
+        );
+        std::fs::write(&csv, "path,label\n1.jpg,A//B\n").unwrap();
+        let err = Dataset::from_labels_csv(&csv, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("empty part"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,8 +16,10 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::fsx;
+use crate::head::calibrate::{CalibrationReport, ReliabilityBin};
 use crate::image::decode::{decode_rgb8, DecodeLimits};
 use crate::metrics::Evaluation;
+use crate::openset::Rejection;
 use crate::report::curves::CurvePoint;
 
 /// Misclassified photos shown at most; each thumbnail costs a few kilobytes, and the
@@ -60,6 +62,11 @@ pub struct ReportInput<'a> {
     /// Image file of each evaluated sample, index-aligned with the evaluation's samples;
     /// the gallery's thumbnails are made from them.
     pub image_paths: &'a [PathBuf],
+    /// The class tree's levels above the classes, top first, as (name, evaluation);
+    /// shown side by side with the classes, each with its heatmap.
+    pub levels: Vec<(String, &'a Evaluation)>,
+    pub calibration: Option<&'a CalibrationReport>,
+    pub rejection: Option<&'a Rejection>,
 }
 
 /// Renders the report and writes it to `path` atomically.
@@ -106,8 +113,17 @@ pub fn render(input: &ReportInput) -> String {
         );
     }
     if let Some(e) = input.evaluation {
+        if !input.levels.is_empty() {
+            body += &levels_section(e, &input.levels);
+        }
         body += &confusion_section(e);
         body += &per_class_section(e);
+        if let Some(c) = input.calibration {
+            body += &calibration_section(c);
+        }
+        if let Some(r) = input.rejection {
+            body += &rejection_section(r);
+        }
         body += &gallery_section(e, input.image_paths);
     }
     page(&input.title, &body)
@@ -720,6 +736,250 @@ fn classes_in_play(e: &Evaluation) -> Vec<usize> {
         .collect()
 }
 
+/// Every level of the class tree side by side, then one heatmap per level above the
+/// classes (the classes' own heatmap is the next section).
+fn levels_section(fine: &Evaluation, levels: &[(String, &Evaluation)]) -> String {
+    let all: Vec<(&str, &Evaluation)> = levels
+        .iter()
+        .map(|(n, e)| (n.as_str(), *e))
+        .chain([("fine (classes)", fine)])
+        .collect();
+    let mut table = String::from(
+        r#"<table id="levels-table"><thead><tr><th>level</th><th class="n">groups</th><th class="n">top-1</th><th class="n">top-5</th><th class="n">macro F1</th></tr></thead><tbody>"#,
+    );
+    for (name, e) in &all {
+        let _ = write!(
+            table,
+            r#"<tr><td>{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{} <span class="note">(top-{})</span></td><td class="n">{:.3}</td></tr>"#,
+            escape(name),
+            e.labels.len(),
+            percent(e.top1_accuracy),
+            percent(e.top5_accuracy),
+            e.top_k,
+            e.macro_f1
+        );
+    }
+    table += "</tbody></table>";
+    for (i, (name, e)) in levels.iter().enumerate() {
+        let shown = classes_in_play(e);
+        let _ = write!(
+            table,
+            r#"<h3>{} ({} groups)</h3><div class="heat-box">{}</div>"#,
+            escape(name),
+            e.labels.len(),
+            heatmap_svg(e, &shown, &format!("level-heatmap-{}", i + 1))
+        );
+    }
+    section(
+        "levels",
+        "Accuracy at every level of the class tree",
+        "A prediction counts at a level when its ancestor there is the true one (Granny-Smith taken for Pink-Lady is right at Fruit/Apple); top-5 at a level: the true group is among the five best distinct groups.",
+        &table,
+    )
+}
+
+/// An SVG chart with both axes 0..1: `bars` drawn as columns over `[lower, upper)`,
+/// `lines` as polylines, and the diagonal when `diagonal`.
+fn unit_chart(
+    id: &str,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    bars: &[(&str, &str, Vec<(f64, f64, f64)>)],
+    lines: &[(&str, &str, Vec<(f64, f64)>)],
+    diagonal: bool,
+) -> String {
+    let (width, height) = (520.0, 360.0);
+    let (left, right, top, bottom) = (58.0, 18.0, 34.0, 46.0);
+    let pw: f64 = width - left - right;
+    let ph: f64 = height - top - bottom;
+    let x = |v: f64| left + v.clamp(0.0, 1.0) * pw;
+    let y = |v: f64| top + ph - v.clamp(0.0, 1.0) * ph;
+    let mut svg = format!(
+        r#"<svg id="{id}" class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{t}"><text x="{left}" y="20" font-size="15" font-weight="600">{t}</text>"#,
+        t = escape(title)
+    );
+    for i in 0..=5 {
+        let t = i as f64 / 5.0;
+        let _ = write!(
+            svg,
+            r#"<line class="grid" x1="{left}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}"/><text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{:.0}%</text><text class="tick" x="{:.1}" y="{:.1}" text-anchor="middle">{:.0}%</text>"#,
+            width - right,
+            left - 6.0,
+            y(t) + 4.0,
+            t * 100.0,
+            x(t),
+            top + ph + 17.0,
+            t * 100.0,
+            yy = y(t)
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text class="tick" x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text class="tick" x="14" y="{:.1}" text-anchor="middle" transform="rotate(-90 14 {:.1})">{}</text>"#,
+        left + pw / 2.0,
+        height - 8.0,
+        escape(x_label),
+        top + ph / 2.0,
+        top + ph / 2.0,
+        escape(y_label)
+    );
+    if diagonal {
+        let _ = write!(
+            svg,
+            r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#888" stroke-dasharray="4 3"/>"##,
+            x(0.0),
+            y(0.0),
+            x(1.0),
+            y(1.0)
+        );
+    }
+    let series = bars.len().max(1) as f64;
+    for (k, (name, color, columns)) in bars.iter().enumerate() {
+        for &(lower, upper, value) in columns {
+            let w = (x(upper) - x(lower)) / series;
+            let _ = write!(
+                svg,
+                r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}" fill-opacity="0.75"><title>{}: {:.0}–{:.0}%: {}</title></rect>"#,
+                x(lower) + k as f64 * w,
+                y(value),
+                (w - 1.0).max(0.5),
+                (y(0.0) - y(value)).max(0.0),
+                escape(name),
+                lower * 100.0,
+                upper * 100.0,
+                percent(value)
+            );
+        }
+    }
+    let legend: Vec<(&str, &str)> = bars
+        .iter()
+        .map(|(n, c, _)| (*n, *c))
+        .chain(lines.iter().map(|(n, c, _)| (*n, *c)))
+        .collect();
+    for (name, color, points) in lines {
+        let mut path = String::new();
+        for (j, &(px, py)) in points.iter().enumerate() {
+            let _ = write!(
+                path,
+                "{}{:.1},{:.1}",
+                if j == 0 { "M" } else { " L" },
+                x(px),
+                y(py)
+            );
+        }
+        let _ = write!(
+            svg,
+            r#"<path d="{path}" fill="none" stroke="{color}" stroke-width="2"><title>{}</title></path>"#,
+            escape(name)
+        );
+    }
+    for (i, (name, color)) in legend.iter().enumerate() {
+        let ly = top + 14.0 + i as f64 * 16.0;
+        let _ = write!(
+            svg,
+            r#"<rect x="{:.1}" y="{:.1}" width="12" height="10" fill="{color}"/><text x="{:.1}" y="{:.1}" font-size="12">{}</text>"#,
+            left + 10.0,
+            ly - 9.0,
+            left + 27.0,
+            ly,
+            escape(name)
+        );
+    }
+    svg + "</svg>"
+}
+
+/// The reliability diagram before and after the temperature, with the expected
+/// calibration errors.
+fn calibration_section(c: &CalibrationReport) -> String {
+    let columns = |bins: &[ReliabilityBin]| -> Vec<(f64, f64, f64)> {
+        bins.iter()
+            .filter(|b| b.count > 0)
+            .map(|b| (b.lower, b.upper, b.accuracy))
+            .collect()
+    };
+    let chart = unit_chart(
+        "reliability-diagram",
+        "Reliability: accuracy per confidence bin",
+        "top score (confidence)",
+        "accuracy",
+        &[
+            (
+                "uncalibrated",
+                "#ff7f0e",
+                columns(&c.reliability_uncalibrated),
+            ),
+            (
+                "calibrated",
+                TRAIN_COLOR,
+                columns(&c.reliability_calibrated),
+            ),
+        ],
+        &[],
+        true,
+    );
+    let mut rows = String::from(
+        r#"<table id="calibration-table"><thead><tr><th>scores</th><th class="n">expected calibration error</th></tr></thead><tbody>"#,
+    );
+    let _ = write!(
+        rows,
+        r#"<tr><td>uncalibrated (T = 1)</td><td class="n">{:.4}</td></tr><tr><td>calibrated (T = {:.3})</td><td class="n">{:.4}</td></tr></tbody></table>"#,
+        c.ece_uncalibrated, c.temperature, c.ece_calibrated
+    );
+    section(
+        "calibration",
+        "Calibration",
+        "Bars at the dashed diagonal mean a score of 80% is right 80% of the time. The temperature was fitted on the training run's validation split; these photos were not used for it.",
+        &format!(r#"<div class="heat">{chart}{rows}</div>"#),
+    )
+}
+
+/// The risk-coverage curve and the table of thresholds.
+fn rejection_section(r: &Rejection) -> String {
+    let curve: Vec<(f64, f64)> = r
+        .risk_coverage
+        .iter()
+        .map(|p| (p.coverage, p.risk))
+        .collect();
+    let chart = unit_chart(
+        "risk-coverage",
+        "Risk-coverage: mistakes among the answered",
+        "coverage (share of photos answered, surest first)",
+        "risk (share of answers wrong)",
+        &[],
+        &[("risk", "#d62728", curve)],
+        false,
+    );
+    let mut table = String::from(
+        r#"<table id="threshold-table"><thead><tr><th class="n">unknown below P</th><th class="n">coverage</th><th class="n">accuracy of answered</th></tr></thead><tbody>"#,
+    );
+    for t in r.at_chosen.iter().chain(&r.table) {
+        let chosen = if r.at_chosen.as_ref() == Some(t) {
+            " class=\"chosen\""
+        } else {
+            ""
+        };
+        let _ = write!(
+            table,
+            r#"<tr{chosen}><td class="n">{:.2}</td><td class="n">{}</td><td class="n">{}</td></tr>"#,
+            t.threshold,
+            percent(t.coverage),
+            percent(t.answered_accuracy)
+        );
+    }
+    table += "</tbody></table>";
+    let note = match r.unknown_below {
+        Some(p) => format!("Photos whose calibrated top score is below P are answered `unknown`; in force here: P = {p} (first row)."),
+        None => "What answering `unknown` below a threshold P (graft's --unknown-below) would do on these photos.".to_string(),
+    };
+    section(
+        "rejection",
+        "Answering only when sure",
+        &note,
+        &format!(r#"<div class="heat">{chart}{table}</div>"#),
+    )
+}
+
 /// The confusion heatmap of the classes `shown` as an SVG element with id `id`.
 fn heatmap_svg(e: &Evaluation, shown: &[usize], id: &str) -> String {
     let n = shown.len();
@@ -1085,6 +1345,9 @@ mod tests {
             curve_png: None,
             evaluation: e,
             image_paths: paths,
+            levels: Vec::new(),
+            calibration: None,
+            rejection: None,
         }
     }
 

@@ -48,6 +48,12 @@ pub struct ModelInfo {
     pub input_size: u32,
     pub feature_dim: usize,
     pub labels: Vec<String>,
+    /// Each label's path in the class tree, index-aligned with `labels`.
+    pub class_paths: Vec<String>,
+    /// The calibration temperature the logits are divided by.
+    pub temperature: f32,
+    /// Images whose top score is below this are answered `unknown` (none: always answer).
+    pub unknown_below: Option<f32>,
     /// The training metrics recorded in the bundle's manifest.
     pub metrics: serde_json::Map<String, serde_json::Value>,
     pub training: serde_json::Value,
@@ -72,6 +78,9 @@ impl ModelInfo {
             input_size: manifest.preprocess.size,
             feature_dim: manifest.feature_dim,
             labels: manifest.labels.clone(),
+            class_paths: predictor.bundle.taxonomy().paths().to_vec(),
+            temperature: manifest.temperature,
+            unknown_below: manifest.unknown_below,
             metrics: manifest.metrics.clone(),
             training: manifest.training.clone(),
             split_sizes: manifest.split_sizes.clone(),
@@ -503,6 +512,7 @@ async fn finish_prepare(
 #[derive(Serialize)]
 struct LabelScore<'a> {
     label: &'a str,
+    class_path: &'a str,
     score: f32,
 }
 
@@ -630,11 +640,19 @@ async fn classify_within(
             .into_iter()
             .map(|(i, score)| LabelScore {
                 label: &labels[i],
+                class_path: state.model.class_paths.get(i).map_or("", String::as_str),
                 score,
             })
             .collect();
+        let unknown = crate::predict::is_unknown(&scored.probabilities, state.model.unknown_below);
+        let answer = match top.first() {
+            Some(best) if !unknown => best.label,
+            _ => crate::predict::UNKNOWN,
+        };
         images.push(json!({
             "name": name,
+            "answer": answer,
+            "unknown": unknown,
             "top": top,
             "batch_size": scored.batch_size,
             "timings_ms": {
