@@ -1,9 +1,27 @@
 //! Answering "unknown": what refusing low-confidence photos costs and buys
 //! (coverage, accuracy of what is answered, the risk-coverage curve), how well a score
 //! separates photos of classes the model knows from photos of classes it never saw
-//! (AUROC), and the rejection scores compared for that.
+//! (AUROC), the rejection scores compared for that, and the experiment that measures
+//! it honestly: heads trained with some classes held out, scored on photos of those.
 
+use std::path::PathBuf;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+
+use crate::dataset::classes::Dataset;
+use crate::dataset::split::{which_split, Split};
+use crate::error::{Error, Result};
+use crate::features::cache::FeatureCache;
+use crate::features::cached::cached_features;
+use crate::features::ExtractOptions;
+use crate::head::train::Originals;
+use crate::head::{train_head, Optimizer, SplitData, TrainConfig};
+use crate::predict::Predictor;
+use crate::progress::Progress;
+use crate::retrain::ImageSource;
 
 /// The thresholds `evaluate` tabulates besides the one asked for.
 pub const THRESHOLDS: [f32; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
@@ -184,6 +202,269 @@ pub fn known_scores(
         energy,
         class_mean: f64::from(best_cosine) - 1.0,
     }
+}
+
+/// `graft evaluate --open-set-classes K`: how well unseen products are refused.
+#[derive(Debug, Clone)]
+pub struct OpenSetOptions {
+    /// The images the heads are trained on (the bundle's training set, or any other).
+    pub train: ImageSource,
+    /// Classes held out of training per run.
+    pub held_out: usize,
+    /// Runs, each holding out another random set of classes (seeds 0, 1, ...).
+    pub seeds: u64,
+    /// The threshold whose rates are reported.
+    pub unknown_below: f32,
+    pub bottleneck_dir: PathBuf,
+    pub extract: ExtractOptions,
+}
+
+/// One score's separation of known from held-out photos.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreAuroc {
+    pub max_softmax: f64,
+    pub energy: f64,
+    pub class_mean: f64,
+}
+
+/// One run: a set of held-out classes.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenSetRun {
+    pub seed: u64,
+    pub held_out: Vec<String>,
+    pub known_photos: usize,
+    pub held_out_photos: usize,
+    pub auroc: ScoreAuroc,
+    pub temperature: f32,
+    /// Top-1 accuracy on the known photos when every photo is answered.
+    pub known_accuracy: f64,
+    /// The same for the known photos answered at the threshold (max-softmax).
+    pub known_answered_accuracy: f64,
+    /// Share of the known photos answered at the threshold.
+    pub known_coverage: f64,
+    /// Share of the held-out photos answered `unknown` at the threshold.
+    pub held_out_rejected: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenSetReport {
+    pub unknown_below: f32,
+    pub runs: Vec<OpenSetRun>,
+    /// Means over the runs.
+    pub mean_auroc: ScoreAuroc,
+    /// The score with the highest mean AUROC.
+    pub best_score: &'static str,
+}
+
+/// Features of a dataset's readable images with their labels.
+fn dataset_features(
+    predictor: &Predictor,
+    dataset: &Dataset,
+    options: &OpenSetOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<(usize, String, Vec<f32>)>> {
+    let cache = FeatureCache::open(&options.bottleneck_dir)?;
+    let paths: Vec<PathBuf> = dataset.images.iter().map(|i| i.path.clone()).collect();
+    let cached = cached_features(
+        &predictor.backbone,
+        &cache,
+        &paths,
+        options.extract,
+        progress,
+    )?;
+    Ok(dataset
+        .images
+        .iter()
+        .zip(cached.features)
+        .filter_map(|(image, f)| Some((image.label, image.relative.clone(), f?)))
+        .collect())
+}
+
+/// Trains one head per seed on the training images of the classes not held out (the
+/// bundle's training flags and split percentages, features from the cache), fits its
+/// temperature on their validation split, and scores the evaluation images: photos of
+/// the known classes against photos of the held-out ones.
+pub fn open_set(
+    predictor: &Predictor,
+    evaluation: &ImageSource,
+    options: &OpenSetOptions,
+    progress: &dyn Progress,
+) -> Result<OpenSetReport> {
+    let train_set = options.train.load()?;
+    let classes = train_set.classes.len();
+    if options.held_out == 0 || options.held_out + 2 > classes {
+        return Err(Error::Invalid(format!(
+            "--open-set-classes {}: the training images have {classes} classes, and at least 2 \
+             must stay known; give 1 to {}",
+            options.held_out,
+            classes.saturating_sub(2)
+        )));
+    }
+    let eval_set = evaluation.load()?;
+    let training = &predictor.bundle.manifest.training;
+    let number = |key: &str, default: f64| {
+        training
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .unwrap_or(default)
+    };
+    let steps = number("how_many_training_steps", 4000.0) as usize;
+    let config = TrainConfig {
+        steps,
+        learning_rate: number("learning_rate", 0.001),
+        train_batch_size: number("train_batch_size", 100.0) as usize,
+        // Only the final head matters here.
+        eval_step_interval: steps.max(1),
+        validation_batch_size: -1,
+        optimizer: training
+            .get("optimizer")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or(Optimizer::Adam),
+        weight_decay: number("weight_decay", 0.0),
+        seed: 0,
+    };
+    let (validation_pct, testing_pct) = (
+        number("validation_percentage", 10.0),
+        number("testing_percentage", 10.0),
+    );
+    let train_rows = dataset_features(predictor, &train_set, options, progress)?;
+    let eval_rows = dataset_features(predictor, &eval_set, options, progress)?;
+    let dim = predictor.bundle.manifest.feature_dim;
+    let mut runs = Vec::new();
+    for seed in 0..options.seeds {
+        let mut order: Vec<usize> = (0..classes).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        let mut held: Vec<usize> = order[..options.held_out].to_vec();
+        held.sort_unstable();
+        // Known classes keep their order; `known[c]` is class c's index in the new head.
+        let mut known = vec![None; classes];
+        let mut next = 0;
+        for (c, slot) in known.iter_mut().enumerate() {
+            if held.binary_search(&c).is_err() {
+                *slot = Some(next);
+                next += 1;
+            }
+        }
+        let mut train = SplitData {
+            dim,
+            ..Default::default()
+        };
+        let mut validation = SplitData {
+            dim,
+            ..Default::default()
+        };
+        for (label, relative, f) in &train_rows {
+            let Some(k) = known[*label] else { continue };
+            match which_split(relative, validation_pct, testing_pct) {
+                Split::Train => train.push(f, k),
+                Split::Validation => validation.push(f, k),
+                Split::Test => {}
+            }
+        }
+        progress.message(&format!(
+            "open set, seed {seed}: training on {} images of {next} classes ({} held out)",
+            train.len(),
+            held.len()
+        ));
+        let config = TrainConfig {
+            seed,
+            ..config.clone()
+        };
+        let head = train_head(
+            &config,
+            next,
+            &train,
+            &mut Originals,
+            &validation,
+            0,
+            |_, _| Ok(()),
+        )?
+        .head;
+        let logits: Vec<Vec<f32>> = (0..validation.len())
+            .map(|i| head.logits(validation.row(i)))
+            .collect();
+        let temperature = crate::head::calibrate::fit_temperature(&logits, &validation.labels);
+        let train_refs: Vec<&[f32]> = (0..train.len()).map(|i| train.row(i)).collect();
+        let means = class_means(&train_refs, &train.labels, next);
+
+        let by_name = |name: &str| train_set.classes.iter().position(|c| c == name);
+        let (mut known_photo_scores, mut unknown_scores) = (Vec::new(), Vec::new());
+        let (mut known_conf, mut known_right) = (Vec::new(), Vec::new());
+        for (label, _, f) in &eval_rows {
+            let Some(class) = by_name(&eval_set.classes[*label]) else {
+                continue;
+            };
+            let logits = head.logits(f);
+            let scores = known_scores(&logits, temperature, f, &means);
+            match known[class] {
+                Some(k) => {
+                    let probs = crate::head::calibrate::softmax_at(&logits, temperature);
+                    let best = crate::predict::top_k(&probs, 1)
+                        .first()
+                        .map_or(usize::MAX, |b| b.0);
+                    known_conf.push(scores.max_softmax as f32);
+                    known_right.push(best == k);
+                    known_photo_scores.push(scores);
+                }
+                None => unknown_scores.push(scores),
+            }
+        }
+        let auc = |pick: fn(&KnownScores) -> f64| {
+            auroc(
+                &known_photo_scores.iter().map(pick).collect::<Vec<_>>(),
+                &unknown_scores.iter().map(pick).collect::<Vec<_>>(),
+            )
+        };
+        let at = at_threshold(&known_conf, &known_right, options.unknown_below);
+        let everything = at_threshold(&known_conf, &known_right, 0.0);
+        let rejected = unknown_scores
+            .iter()
+            .filter(|s| (s.max_softmax as f32) < options.unknown_below)
+            .count();
+        runs.push(OpenSetRun {
+            seed,
+            held_out: held.iter().map(|&c| train_set.classes[c].clone()).collect(),
+            known_photos: known_photo_scores.len(),
+            held_out_photos: unknown_scores.len(),
+            auroc: ScoreAuroc {
+                max_softmax: auc(|s| s.max_softmax),
+                energy: auc(|s| s.energy),
+                class_mean: auc(|s| s.class_mean),
+            },
+            temperature,
+            known_accuracy: everything.answered_accuracy,
+            known_answered_accuracy: at.answered_accuracy,
+            known_coverage: at.coverage,
+            held_out_rejected: ratio(rejected, unknown_scores.len(), 0.0),
+        });
+    }
+    let n = runs.len().max(1) as f64;
+    let mean = |pick: fn(&ScoreAuroc) -> f64| runs.iter().map(|r| pick(&r.auroc)).sum::<f64>() / n;
+    let mean_auroc = ScoreAuroc {
+        max_softmax: mean(|a| a.max_softmax),
+        energy: mean(|a| a.energy),
+        class_mean: mean(|a| a.class_mean),
+    };
+    let best_score = [
+        ("max_softmax", mean_auroc.max_softmax),
+        ("energy", mean_auroc.energy),
+        ("class_mean", mean_auroc.class_mean),
+    ]
+    .into_iter()
+    .fold(("max_softmax", f64::NEG_INFINITY), |best, s| {
+        if s.1 > best.1 {
+            s
+        } else {
+            best
+        }
+    })
+    .0;
+    Ok(OpenSetReport {
+        unknown_below: options.unknown_below,
+        runs,
+        mean_auroc,
+        best_score,
+    })
 }
 
 #[cfg(test)]

@@ -47,9 +47,93 @@ pub struct Args {
     /// coverage and accuracy of the answered at P and at 0.1 ... 0.9.
     #[arg(long, value_name = "P", value_parser = values::probability_open, allow_hyphen_values = true)]
     unknown_below: Option<f32>,
+    /// Open-set check instead of the evaluation: train heads on --open-set-train with K
+    /// random classes held out (features from the cache), and score how the photos of
+    /// those classes in the evaluated set are refused (AUROC of max-softmax, energy and
+    /// distance to class means; rates at --unknown-below, default 0.5).
+    #[arg(long, value_name = "K", value_parser = values::count(), requires = "open_set_train")]
+    open_set_classes: Option<usize>,
+    /// The training images for --open-set-classes (class folders).
+    #[arg(long, value_name = "DIR")]
+    open_set_train: Option<PathBuf>,
+    /// Runs of --open-set-classes, each holding out another random set (seeds 0, 1, ...).
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = values::count())]
+    open_set_seeds: usize,
+}
+
+/// `--open-set-classes`: runs the experiment, prints it and writes openset.json.
+fn run_open_set(args: &Args, k: usize) -> anyhow::Result<Outcome> {
+    let bar = Bar::new();
+    let predictor = graft::predict::Predictor::load(&args.bundle, &bar)?;
+    let train = args.open_set_train.clone().unwrap_or_default();
+    graft::retrain::require_exists(&train, "--open-set-train")?;
+    let options = graft::openset::OpenSetOptions {
+        train: graft::retrain::ImageSource::Folders(train),
+        held_out: k,
+        seeds: args.open_set_seeds as u64,
+        unknown_below: predictor.unknown_below(args.unknown_below).unwrap_or(0.5),
+        bottleneck_dir: args
+            .bottleneck_dir
+            .clone()
+            .unwrap_or_else(default_bottleneck_dir),
+        extract: graft::features::ExtractOptions {
+            batch_size: args.batch_size,
+            ..Default::default()
+        },
+    };
+    let source = args.source.source()?;
+    let report = graft::openset::open_set(&predictor, &source, &options, &bar)?;
+    graft::output::prepare_folder(
+        &args.output_dir,
+        graft::output::Folder::Evaluation,
+        "--output-dir",
+    )?;
+    let path = args.output_dir.join("openset.json");
+    graft::fsx::write_atomic(&path, &serde_json::to_vec_pretty(&report)?)?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => {
+            println!(
+                "open set: {k} classes held out, {} runs; rates at unknown below {}",
+                report.runs.len(),
+                report.unknown_below
+            );
+            println!(
+                "  {:>4}  {:>7}  {:>7}  {:>7}  {:>8}  {:>8}  {:>9}  {:>9}",
+                "seed", "AUROC", "AUROC", "AUROC", "known", "known", "known", "held-out"
+            );
+            println!(
+                "  {:>4}  {:>7}  {:>7}  {:>7}  {:>8}  {:>8}  {:>9}  {:>9}",
+                "", "softmax", "energy", "means", "accuracy", "answered", "acc. ans.", "rejected"
+            );
+            for r in &report.runs {
+                println!(
+                    "  {:>4}  {:>7.4}  {:>7.4}  {:>7.4}  {:>7.2}%  {:>7.2}%  {:>8.2}%  {:>8.2}%",
+                    r.seed,
+                    r.auroc.max_softmax,
+                    r.auroc.energy,
+                    r.auroc.class_mean,
+                    r.known_accuracy * 100.0,
+                    r.known_coverage * 100.0,
+                    r.known_answered_accuracy * 100.0,
+                    r.held_out_rejected * 100.0
+                );
+            }
+            let m = &report.mean_auroc;
+            println!(
+                "mean AUROC: max-softmax {:.4}, energy {:.4}, distance to class means {:.4}; best: {}",
+                m.max_softmax, m.energy, m.class_mean, report.best_score
+            );
+            println!("written to {}", path.display());
+        }
+    }
+    Ok(Outcome::Done)
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    if let Some(k) = args.open_set_classes {
+        return run_open_set(&args, k);
+    }
     let source = args.source.source()?;
     let bar = Bar::new();
     let options = EvaluateOptions {
