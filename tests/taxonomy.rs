@@ -189,9 +189,10 @@ fn the_bundle_knows_the_tree_its_temperature_and_default_threshold() {
             "Fruit/Apple/Pink-Lady"
         ])
     );
+    // The fit itself is checked by the unit tests; here, that it is stored twice alike.
     let t = manifest["temperature"].as_f64().unwrap();
-    assert!(t > 0.0 && t != 1.0, "{manifest}");
-    assert_eq!(manifest["metrics"]["temperature"].as_f64(), Some(t));
+    let recorded = manifest["metrics"]["temperature"].as_f64().unwrap();
+    assert!(t > 0.0 && (t - recorded).abs() < 1e-6, "{manifest}");
     assert!((manifest["unknown_below"].as_f64().unwrap() - 0.3).abs() < 1e-6);
     for key in ["test_ece_uncalibrated", "test_ece_calibrated"] {
         let ece = manifest["metrics"][key].as_f64().unwrap();
@@ -307,7 +308,24 @@ fn predict_returns_class_paths_and_unknown_below_the_threshold() {
     let label = first["top"][0]["label"].as_str().unwrap();
     let path = first["top"][0]["class_path"].as_str().unwrap();
     assert!(TREE.contains(&path) && path.ends_with(label), "{first}");
-    // Every photo refused at a threshold no score reaches.
+    // At a threshold between the lowest and highest top score, exactly the photos
+    // scoring below it are answered `unknown`, in every output.
+    let run = graft(
+        f.dir.path(),
+        &["predict", s(&f.model), s(&photo), "--format", "json"],
+    )
+    .ok();
+    let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    let mut scores: Vec<f64> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["top"][0]["score"].as_f64().unwrap())
+        .collect();
+    scores.sort_by(f64::total_cmp);
+    assert!(scores[0] < scores[9], "all top scores equal: {scores:?}");
+    let p = (scores[4] + scores[5]) / 2.0;
+    let p = if p > scores[4] { p } else { scores[5] };
     let run = graft(
         f.dir.path(),
         &[
@@ -316,19 +334,29 @@ fn predict_returns_class_paths_and_unknown_below_the_threshold() {
             s(&photo),
             "--format",
             "csv",
+            "--top-k",
+            "2",
             "--unknown-below",
-            "0.9999999",
+            &p.to_string(),
         ],
     )
     .ok();
     let mut lines = run.stdout.lines();
-    assert_eq!(lines.next(), Some("image_id,label,class_path"));
-    let rows: Vec<&str> = lines.collect();
-    assert_eq!(rows.len(), 10);
-    assert!(
-        rows.iter().all(|r| r.ends_with(",unknown,unknown")),
-        "{rows:?}"
+    assert_eq!(
+        lines.next(),
+        Some("image_id,label,class_path,score,label_2,score_2")
     );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 10);
+    let mut refused = 0;
+    for r in &rows {
+        let score: f64 = r[3].parse().unwrap();
+        let unknown = r[1] == "unknown";
+        assert_eq!(unknown, score < p, "P {p}: {r:?}");
+        assert_eq!(unknown, r[2] == "unknown", "{r:?}");
+        refused += usize::from(unknown);
+    }
+    assert!(refused > 0 && refused < 10, "P {p}: {rows:?}");
 }
 
 #[test]
@@ -341,11 +369,22 @@ fn unknown_below_outside_zero_one_is_refused_naming_the_flag() {
                 args.push("photos");
             }
             args.extend(["--unknown-below", value]);
-            graft(dir.path(), &args).fails(2, &["--unknown-below"]);
+            let why = if value == "x" {
+                "not a number"
+            } else {
+                "above 0 and below 1"
+            };
+            graft(dir.path(), &args).fails(2, &["--unknown-below", why]);
         }
         graft(dir.path(), &["train", "photos", "--unknown-below", value])
             .fails(2, &["--unknown-below"]);
     }
+    // A value inside (0, 1) passes the command line: what fails is the missing model.
+    graft(
+        dir.path(),
+        &["predict", "model", "photos", "--unknown-below", "0.5"],
+    )
+    .fails(1, &["model"]);
 }
 
 #[test]

@@ -41,9 +41,16 @@ pub fn nll(logits: &[Vec<f32>], truth: &[usize], t: f64) -> f64 {
 }
 
 /// The temperature minimising [`nll`] on `logits` / `truth`; 1 when there is nothing
-/// to fit on or the likelihood is not finite (a broken row).
+/// to fit on, the likelihood is not finite (a broken row), or every row is already
+/// right: then the likelihood only grows as `T` shrinks, and the "fit" would make every
+/// later answer certain on the evidence of a validation split too easy to tell.
 pub fn fit_temperature(logits: &[Vec<f32>], truth: &[usize]) -> f32 {
-    if logits.is_empty() || !nll(logits, truth, 1.0).is_finite() {
+    let all_right = logits.iter().zip(truth).all(|(row, &class)| {
+        crate::predict::top_k(row, 1)
+            .first()
+            .is_some_and(|&(best, _)| best == class)
+    });
+    if logits.is_empty() || all_right || !nll(logits, truth, 1.0).is_finite() {
         return 1.0;
     }
     let f = |ln_t: f64| nll(logits, truth, ln_t.exp());
@@ -190,6 +197,11 @@ mod tests {
         assert!((t - 3.0).abs() < 0.3, "{t}");
         assert!(nll(&logits, &truth, t as f64) < nll(&logits, &truth, 1.0));
         assert_eq!(fit_temperature(&[], &[]), 1.0);
+        // Every row right: no finite optimum, the logits are kept as they are.
+        assert_eq!(
+            fit_temperature(&[vec![2.0, 0.0], vec![0.0, 1.0]], &[0, 1]),
+            1.0
+        );
     }
 
     #[test]
