@@ -10,6 +10,9 @@ and compares its answers with `graft predict --format json --top-k C`.
         Decodes and resizes each photo named in PREDICT.json with PIL, following the
         client rule in docs/export.md and the model's `graft.preprocessing` metadata.
         Prints the share of photos whose top-1 agrees; fails under 99.5%.
+    python scripts/check_export.py temperature PLAIN.onnx SCALED.onnx T PHOTO
+        Checks that SCALED's probabilities are the softmax of PLAIN's logits divided by T
+        (softmax(log(p) / T)), and that its metadata records T.
     python scripts/check_export.py prepare SRC_DIR DST_DIR SIDE
         Writes each image under SRC_DIR as a SIDE x SIDE PNG under DST_DIR (same tree).
 
@@ -110,6 +113,24 @@ def photos(model, predictions):
         sys.exit(f"FAIL: agreement under {100 * AGREEMENT}%")
 
 
+def temperature(plain, scaled, t, photo):
+    t = float(t)
+    s1, _, pre = session(plain)
+    s2, _, _ = session(scaled)
+    recorded = float(s2.get_modelmeta().custom_metadata_map["graft.temperature"])
+    if recorded != t:
+        sys.exit(f"FAIL: {scaled} records temperature {recorded}, expected {t}")
+    pixels = client_pixels(photo, pre)
+    p, q = run(s1, pixels).astype(np.float64), run(s2, pixels).astype(np.float64)
+    z = np.log(p) / t
+    want = np.exp(z - z.max())
+    want /= want.sum()
+    diff = float(np.abs(want - q).max())
+    print(f"temperature {t:g}: largest difference from softmax(log(p) / T) {diff:.3g}")
+    if diff > TOLERANCE or np.abs(p - q).max() < 1e-3:
+        sys.exit("FAIL: the scaled model does not divide the logits by the temperature")
+
+
 def prepare(src, dst, side):
     n = 0
     for root, _, files in os.walk(src):
@@ -128,6 +149,8 @@ if __name__ == "__main__":
         same_pixels(*rest)
     elif cmd == "photos" and len(rest) == 2:
         photos(*rest)
+    elif cmd == "temperature" and len(rest) == 4:
+        temperature(*rest)
     elif cmd == "prepare" and len(rest) == 3:
         prepare(rest[0], rest[1], int(rest[2]))
     else:
