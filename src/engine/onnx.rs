@@ -778,6 +778,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_node_reading_the_pixels_is_renamed_and_nothing_else_changes() {
+        let node = node_message(
+            "Conv",
+            &["pixels", "w", "pixels_x"],
+            "v1",
+            &[("group", Attr::Int(1))],
+        );
+        let renamed = rename_node_inputs(&node.0, "pixels", NORMALIZED).unwrap();
+        let inputs: Vec<&[u8]> = fields(&renamed.0)
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.number == 1)
+            .filter_map(|f| f.payload)
+            .collect();
+        assert_eq!(inputs, [NORMALIZED.as_bytes(), b"w", b"pixels_x"]);
+        let others = |m: &[u8]| -> Vec<Vec<u8>> {
+            fields(m)
+                .unwrap()
+                .into_iter()
+                .filter(|f| f.number != 1)
+                .map(|f| f.raw.to_vec())
+                .collect()
+        };
+        assert_eq!(others(&node.0), others(&renamed.0));
+        assert!(
+            fields(&[0x0a, 0x05, b'a']).is_err(),
+            "a truncated field is an error"
+        );
+    }
+
+    #[test]
     fn varints_match_protobuf() {
         let mut m = Message::default();
         m.varint(1);

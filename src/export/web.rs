@@ -131,8 +131,19 @@ pub fn ensure_onnxruntime_web(progress: &dyn Progress) -> Result<PathBuf> {
             .map_err(|e| Error::io(dist.join(file), e))?;
     }
     if dir.exists() {
-        // An incomplete folder from an older graft: nothing of the user's lives here.
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        // An incomplete install: its runtime files go, anything else stops the rename.
+        for file in ONNXRUNTIME_WEB_FILES {
+            let _ = std::fs::remove_file(dir.join(file));
+        }
+        std::fs::remove_dir(&dir).map_err(|e| {
+            Error::invalid_input(
+                &dir,
+                format!(
+                    "holds files graft did not put there ({e}); move them away so graft can \
+                     install onnxruntime-web there"
+                ),
+            )
+        })?;
     }
     std::fs::rename(&kept, &dir).map_err(|e| Error::io(&dir, e))?;
     Ok(dir)
