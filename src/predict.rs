@@ -101,7 +101,15 @@ impl Predictor {
     pub fn load(bundle_dir: &Path, progress: &dyn Progress) -> Result<Predictor> {
         let bundle = Bundle::load(bundle_dir)?;
         bundle.check_manifest(bundle_dir)?;
-        let backbone = Backbone::load(bundle.manifest.backbone, progress)?;
+        let weights = bundle.backbone_weights(progress)?;
+        let backbone = Backbone::from_tensors_with(
+            bundle.manifest.backbone,
+            &weights.tensors,
+            weights.source_sha256,
+            &weights.path.display().to_string(),
+            crate::engine::EngineChoice::Auto,
+            progress,
+        )?;
         bundle.check_backbone(&backbone)?;
         Ok(Predictor { bundle, backbone })
     }
