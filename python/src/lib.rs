@@ -284,8 +284,13 @@ impl Extractor {
             .allow_threads(|| -> graft::Result<_> {
                 let cache = open_cache(cache, bottleneck_dir)?;
                 let origins: Vec<PathBuf> = names.iter().map(PathBuf::from).collect();
-                let (features, skipped) =
-                    extract_encoded(&self.backbone, &images, &origins, self.options, cache.as_ref())?;
+                let (features, skipped) = extract_encoded(
+                    &self.backbone,
+                    &images,
+                    &origins,
+                    self.options,
+                    cache.as_ref(),
+                )?;
                 let mut rows = Vec::with_capacity(features.len() * dim);
                 let mut kept = Vec::with_capacity(features.len());
                 for (f, name) in features.into_iter().zip(names) {
@@ -422,7 +427,10 @@ impl Model {
         let options = options(batch_size)?;
         let k = check_k(k)?;
         let (predictions, skipped) = py
-            .allow_threads(|| self.predictor.predict_paths(&paths, k, 1, options, &Messages))
+            .allow_threads(|| {
+                self.predictor
+                    .predict_paths(&paths, k, 1, options, &Messages)
+            })
             .map_err(py_err)?;
         if let Some(s) = skipped.first() {
             return Err(undecodable(&s.path, &s.reason));
@@ -542,7 +550,9 @@ fn train(
         ("testing_percentage", testing_percentage),
     ] {
         if !(0.0..=100.0).contains(&v) {
-            return Err(invalid(format!("{name} {v}: give a percentage from 0 to 100")));
+            return Err(invalid(format!(
+                "{name} {v}: give a percentage from 0 to 100"
+            )));
         }
     }
     if validation_percentage + testing_percentage >= 100.0 {
@@ -559,7 +569,11 @@ fn train(
     let optimizer = match optimizer.to_ascii_lowercase().as_str() {
         "adam" => Optimizer::Adam,
         "sgd" => Optimizer::Sgd,
-        other => return Err(invalid(format!("unknown optimizer '{other}'; use adam or sgd"))),
+        other => {
+            return Err(invalid(format!(
+                "unknown optimizer '{other}'; use adam or sgd"
+            )))
+        }
     };
     let distortion_mode = match distortion_mode.to_ascii_lowercase().as_str() {
         "cached" => DistortionMode::Cached,
@@ -630,7 +644,11 @@ fn train(
         .map_err(py_err)?;
     let manifest = serde_json::to_string(&outcome.bundle.manifest)
         .map_err(|e| invalid(format!("cannot render the bundle manifest: {e}")))?;
-    Ok((manifest, outcome.head_seconds, skipped_list(outcome.skipped)))
+    Ok((
+        manifest,
+        outcome.head_seconds,
+        skipped_list(outcome.skipped),
+    ))
 }
 
 /// The images under `folder` in graft's walk order (recursive, sorted), as `graft predict`
