@@ -39,3 +39,10 @@ GRAFT_TEST_PYTHON="$PWD/target/py/bin/python"
 export GRAFT_TEST_PYTHON
 
 cargo test --release "$@"
+
+# The Python module (python/), built by maturin from the same target/ and installed into
+# target/py, then its pytest suite (python/tests, the Ray test included) against the graft
+# binary cargo just built. maturin's build backend is run from PATH.
+PATH="$PWD/target/py/bin:$PATH" target/py/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation \
+  --force-reinstall --no-deps ./python
+target/py/bin/python -m pytest -q python/tests
