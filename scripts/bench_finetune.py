@@ -245,6 +245,10 @@ def train_pytorch(args, model, cut, train_acts, train_labels, per_image, val_act
             optimizer.step()
             scheduler.step()
             loss_sum += loss.item() * len(idx)
+            step = i // args.batch_size + 1
+            if step % 10 == 0 or step == steps_per_epoch:
+                print(f"  epoch {epoch}: step {step}/{steps_per_epoch}, "
+                      f"{(time.perf_counter() - start) / (i + len(idx)) * 1000:.1f} ms per sample", flush=True)
         train_s = time.perf_counter() - start
         val_start = time.perf_counter()
         accuracy = evaluate(top, val_acts, val_labels, 64) if len(val_acts) else float("nan")
@@ -304,8 +308,8 @@ def parse_args():
     p.add_argument("--backbone", default="lite2", help="lite0 or lite2 (or graft's names)")
     p.add_argument("--blocks", type=int, default=6, help="MBConv blocks trained, from the end")
     p.add_argument("--views", type=int, default=4, help="augmented views per training image, besides the centre")
-    p.add_argument("--epoch-views", choices=["all", "one"], default="all",
-                   help="an epoch visits every view (all) or one random view per image (one)")
+    p.add_argument("--epoch-views", choices=["all", "one"], default="one",
+                   help="an epoch visits each image once in one random view (one, as graft) or every view (all)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr-backbone", type=float, default=1e-4)
@@ -314,7 +318,7 @@ def parse_args():
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
-    p.add_argument("--warmup", type=float, default=0.05, help="warm-up share of all steps (cosine)")
+    p.add_argument("--warmup", type=float, default=0.1, help="warm-up share of all steps (cosine), as graft")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--store", choices=["f16", "f32"], default="f16", help="activation storage")
@@ -323,7 +327,8 @@ def parse_args():
                    help="where PyTorch's activations at the cut are kept between runs ('' for none)")
     p.add_argument("--graft", type=Path, help="graft binary; without it only PyTorch runs")
     p.add_argument("--graft-home", type=Path, help="GRAFT_HOME for graft (default: the environment's)")
-    p.add_argument("--graft-flags", default="--epochs {epochs} --train-batch-size {batch} --distorted-variants {views}",
+    p.add_argument("--graft-flags",
+                   default="--fine-tune-epochs {epochs} --fine-tune-batch-size {batch} --fine-tune-views {views}",
                    help="graft flags for epochs, batch and views ({epochs}, {batch}, {views} are filled in)")
     p.add_argument("--graft-args", default="", help="more flags for graft train, e.g. '--bottleneck-dir D'")
     p.add_argument("--json", type=Path, help="also write the results here")
