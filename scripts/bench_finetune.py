@@ -266,7 +266,7 @@ def train_pytorch(args, model, cut, train_acts, train_labels, per_image, val_act
 # ---- graft ------------------------------------------------------------------------------
 
 def run_graft(args, train_dir: Path, work: Path) -> dict:
-    out = work / "graft-model"
+    out = args.graft_output or work / "graft-model"
     command = [str(args.graft), "train", str(train_dir), "--backbone", args.backbone_name,
                "--fine-tune", str(args.blocks), "--output", str(out), "--seed", str(args.seed)]
     command += [a.format(epochs=args.epochs, batch=args.batch_size, views=args.views)
@@ -291,7 +291,8 @@ def run_graft(args, train_dir: Path, work: Path) -> dict:
     if not fine or not fine.get("epoch_seconds"):
         sys.exit(f"{manifest_path} has no fine_tune.epoch_seconds; is {args.graft} a build with --fine-tune?")
     print(tail)
-    return {"command": command, "wall_seconds": wall, "fine_tune": fine, "bundle": str(out)}
+    return {"command": command, "wall_seconds": wall, "fine_tune": fine, "bundle": str(out),
+            "training_images": manifest.get("split_sizes", {}).get("train")}
 
 
 # ---- main -------------------------------------------------------------------------------
@@ -330,6 +331,7 @@ def parse_args():
     p.add_argument("--graft-flags",
                    default="--fine-tune-epochs {epochs} --fine-tune-batch-size {batch} --fine-tune-views {views}",
                    help="graft flags for epochs, batch and views ({epochs}, {batch}, {views} are filled in)")
+    p.add_argument("--graft-output", type=Path, help="keep graft's model folder here (default: a temporary one)")
     p.add_argument("--graft-args", default="", help="more flags for graft train, e.g. '--bottleneck-dir D'")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args()
@@ -412,29 +414,39 @@ def main() -> None:
 
 
 def report(results: dict) -> None:
-    torch_epochs = [e["train_seconds"] for e in results["pytorch"]["epochs"]]
+    """Per-epoch seconds side by side. graft's epoch seconds include scoring its validation
+    split, so PyTorch's are compared with validation scoring (of --val) included; when the
+    two trained on different numbers of images the ratio is taken per training sample."""
+    torch_runs = results["pytorch"]["epochs"]
+    torch_epochs = [e["train_seconds"] + e["val_seconds"] for e in torch_runs]
     samples = results["pytorch"]["samples_per_epoch"]
     print()
     print(f"{results['backbone']}, top {results['blocks']} blocks (cut at _blocks.{results['cut_block']}), "
           f"{results['training_photos']} photos x (1 + {results['views']}) views, batch {results['batch_size']}, "
           f"{results['threads']} threads")
-    print(f"{'epoch':>5} {'pytorch s':>10} {'graft s':>10}")
+    print(f"{'epoch':>5} {'pytorch s':>10} {'(train)':>8} {'graft s':>10}")
     graft_epochs = results.get("graft", {}).get("fine_tune", {}).get("epoch_seconds", [])
     for i in range(max(len(torch_epochs), len(graft_epochs))):
         t = f"{torch_epochs[i]:.1f}" if i < len(torch_epochs) else "-"
+        tt = f"{torch_runs[i]['train_seconds']:.1f}" if i < len(torch_runs) else "-"
         g = f"{graft_epochs[i]:.1f}" if i < len(graft_epochs) else "-"
-        print(f"{i + 1:>5} {t:>10} {g:>10}")
+        print(f"{i + 1:>5} {t:>10} {tt:>8} {g:>10}")
     mean_t = sum(torch_epochs) / len(torch_epochs)
-    print(f"pytorch: {mean_t:.1f} s/epoch ({1000 * mean_t / samples:.2f} ms per training sample, "
-          f"{samples} samples), best val accuracy {100 * results['pytorch']['best_val_accuracy']:.2f}% "
+    print(f"pytorch: {mean_t:.1f} s/epoch with validation ({1000 * mean_t / samples:.1f} ms per training "
+          f"sample, {samples} samples), best val accuracy {100 * results['pytorch']['best_val_accuracy']:.2f}% "
           f"at epoch {results['pytorch']['best_epoch']}")
     if graft_epochs:
+        graft = results["graft"]
+        fine = graft["fine_tune"]
         mean_g = sum(graft_epochs) / len(graft_epochs)
-        fine = results["graft"]["fine_tune"]
-        print(f"graft:   {mean_g:.1f} s/epoch, best epoch {fine.get('best_epoch')}, "
-              f"wall {results['graft']['wall_seconds']:.1f} s (extraction {fine.get('extract_seconds', 0):.1f} s)")
-        print(f"speed ratio pytorch/graft per epoch: {mean_t / mean_g:.2f} (>= 1.0: graft at least as fast)")
-        results["ratio"] = mean_t / mean_g
+        graft_samples = graft.get("training_images") or samples
+        print(f"graft:   {mean_g:.1f} s/epoch with validation ({1000 * mean_g / graft_samples:.1f} ms per "
+              f"training sample, {graft_samples} samples), best epoch {fine.get('best_epoch')}, "
+              f"wall {graft['wall_seconds']:.1f} s (activations at the cut {fine.get('extract_seconds', 0):.1f} s)")
+        ratio = (mean_t / samples) / (mean_g / graft_samples)
+        print(f"speed ratio pytorch/graft per epoch (per training sample): {ratio:.2f} "
+              f"(>= 1.0: graft at least as fast)")
+        results["ratio"] = ratio
 
 
 if __name__ == "__main__":
