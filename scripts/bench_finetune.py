@@ -20,8 +20,15 @@ It prints seconds per epoch of each, per training sample, and the speed ratio
 PyTorch time / graft time (>= 1.0: graft at least as fast), plus PyTorch's validation
 accuracy of its best epoch.
 
-    /work/venv/bin/python scripts/bench_finetune.py --classes 5 --epochs 1 --graft target/release/graft
+    /work/venv/bin/python scripts/bench_finetune.py --classes 5 --epochs 1 \
+        --graft target/release/graft --graft-home /tmp/bench-home [--graft-output DIR]
     /work/venv/bin/python scripts/bench_finetune.py                 # PyTorch alone, all of train/
+
+graft writes its caches under --graft-home (or $GRAFT_HOME): give it a writable one holding
+the backbone weights (models/), not a home other runs must not change. graft also trains
+its warm-start head and computes its own activations; only its epochs are compared. The
+augmented views differ by design (PyTorch: random resized crop of area 0.3-1, flip, colour
+jitter; graft: its distortion flags): the timing does not depend on them, the accuracy does.
 
 Training images: graft's training split of the train folder (the same SHA-1 rule with
 --validation-percentage and --testing-percentage as graft's split, so both sides train on
