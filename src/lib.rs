@@ -22,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod evaluate;
 pub mod features;
+pub mod finetune;
 pub mod fsx;
 pub mod head;
 pub mod home;

@@ -81,7 +81,7 @@ impl Predictor {
     pub fn load(bundle_dir: &Path, progress: &dyn Progress) -> Result<Predictor> {
         let bundle = Bundle::load(bundle_dir)?;
         bundle.check_manifest(bundle_dir)?;
-        let backbone = Backbone::load(bundle.manifest.backbone, progress)?;
+        let backbone = bundle.backbone(crate::engine::EngineChoice::Auto, progress)?;
         bundle.check_backbone(&backbone)?;
         Ok(Predictor { bundle, backbone })
     }

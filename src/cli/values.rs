@@ -29,6 +29,11 @@ pub fn penalty(text: &str) -> Result<f64, String> {
     bounded_f64(text, 0.0, false, 10.0)
 }
 
+/// A fraction: 0 to 1.
+pub fn fraction(text: &str) -> Result<f64, String> {
+    bounded_f64(text, 0.0, false, 1.0)
+}
+
 /// A percentage: 0 to 100.
 pub fn percentage(text: &str) -> Result<f64, String> {
     bounded_f64(text, 0.0, false, 100.0)
