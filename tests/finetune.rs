@@ -443,10 +443,32 @@ fn fixture(name: &str) -> (graft::weights::TensorMap, serde_json::Value) {
         .into_iter()
         .map(|(k, v)| (k, serde_json::Value::String(v)))
         .collect();
-    (
-        graft::weights::load_safetensors(&path).unwrap(),
-        serde_json::Value::Object(meta),
-    )
+    // Read here, not with graft's weights reader: some fixture tensors are F64.
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors = graft::weights::TensorMap::new();
+    for (name, view) in file.tensors() {
+        let data: Vec<f32> = match view.dtype() {
+            safetensors::Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            safetensors::Dtype::F64 => view
+                .data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+                .collect(),
+            other => panic!("{name}: unexpected dtype {other:?}"),
+        };
+        tensors.insert(
+            name,
+            graft::weights::TensorData {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    (tensors, serde_json::Value::Object(meta))
 }
 
 #[test]
