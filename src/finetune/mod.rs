@@ -26,7 +26,8 @@ pub struct FineTune {
     pub base_weights_sha256: String,
     /// SHA-256 of `backbone.safetensors`, the tensors that changed.
     pub tensors_sha256: String,
-    /// 1-based epoch whose weights were kept (best validation accuracy).
+    /// 1-based epoch whose weights were kept (best validation accuracy, then lowest
+    /// validation cross-entropy).
     pub best_epoch: usize,
     pub epoch_seconds: Vec<f64>,
     /// Seconds spent computing (not reading from the cache) the activations at the cut.

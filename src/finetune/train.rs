@@ -262,8 +262,8 @@ pub fn fine_tune(
     let smooth = config.label_smoothing as f32;
     let keep = 1.0 - config.dropout as f32;
 
-    let (mut best_acc, _) = score(&layout, &top, &model_head, validation, batch, &device)?;
-    let mut best = (0usize, layout.tensors(&top)?, model_head.to_weights()?);
+    // (accuracy, cross-entropy, epoch, tensors, head) of the best epoch so far.
+    let mut best: Option<(f32, f32, usize, TensorMap, HeadWeights)> = None;
     let mut history = Vec::new();
     let mut step = 0usize;
     let mut order: Vec<usize> = (0..train.len()).collect();
@@ -329,14 +329,29 @@ pub fn fine_tune(
             validation_cross_entropy,
             seconds: started.elapsed().as_secs_f64(),
         };
-        if validation_accuracy > best_acc {
-            best_acc = validation_accuracy;
-            best = (epoch, layout.tensors(&top)?, model_head.to_weights()?);
+        // Higher accuracy wins; at equal accuracy, the lower cross-entropy (a small
+        // validation split ties often).
+        let better = best.as_ref().is_none_or(|(acc, ce, ..)| {
+            validation_accuracy > *acc
+                || (validation_accuracy == *acc && validation_cross_entropy < *ce)
+        });
+        if better {
+            best = Some((
+                validation_accuracy,
+                validation_cross_entropy,
+                epoch,
+                layout.tensors(&top)?,
+                model_head.to_weights()?,
+            ));
         }
         on_epoch(&event)?;
         history.push(event);
     }
-    let (best_epoch, tensors, head) = best;
+    let Some((best_acc, _, best_epoch, tensors, head)) = best else {
+        return Err(Error::Invalid(
+            "--fine-tune-epochs must be at least 1".into(),
+        ));
+    };
     if !head.is_finite()
         || tensors
             .values()
