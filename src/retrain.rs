@@ -432,9 +432,20 @@ pub fn retrain(
             "validation_accuracy".into(),
             f64::from(done.tuned.best_validation_accuracy).into(),
         );
-        manifest.training["fine_tune"] =
-            serde_json::to_value(&ft.train).map_err(|e| Error::Invalid(e.to_string()))?;
-        manifest.training["fine_tune_views"] = ft.views.into();
+        // Named as the flags, so report.html lists them as it lists the others.
+        let t = &ft.train;
+        for (flag, value) in [
+            ("fine_tune", serde_json::Value::from(t.blocks)),
+            ("fine_tune_epochs", t.epochs.into()),
+            ("fine_tune_views", ft.views.into()),
+            ("fine_tune_learning_rate", t.backbone_learning_rate.into()),
+            ("fine_tune_head_learning_rate", t.head_learning_rate.into()),
+            ("fine_tune_batch_size", t.batch_size.into()),
+            ("label_smoothing", t.label_smoothing.into()),
+            ("dropout", t.dropout.into()),
+        ] {
+            manifest.training[flag] = value;
+        }
         manifest.fine_tune = Some(done.record);
         let bundle = Bundle {
             manifest: manifest.clone(),

@@ -182,6 +182,8 @@ fn fine_tuned_bundle_records_what_changed_and_runs_the_same_on_both_engines() {
         .clone()
         .expect("fine_tune recorded");
     assert_eq!(ft.blocks, 2);
+    assert_eq!(bundle.manifest.training["fine_tune"], 2);
+    assert_eq!(bundle.manifest.training["fine_tune_epochs"], 2);
     assert_eq!(ft.epoch_seconds.len(), 2);
     assert!((1..=2).contains(&ft.best_epoch));
     let tuned = bundle.tuned.as_ref().unwrap();
