@@ -2,7 +2,10 @@
 //! - `manifest.json`: format version, graft version, backbone and weights checksum,
 //!   preprocessing, feature dimension, labels, training flags, split sizes, metrics;
 //! - `head.safetensors`: the softmax layer (`weight` `[D, N]`, `bias` `[N]`);
-//! - `labels.txt`: one label per line, in class-index order (retrain.py's `output_labels.txt`).
+//! - `labels.txt`: one label per line, in class-index order (retrain.py's `output_labels.txt`);
+//! - `backbone.safetensors` (fine-tuned models only): the backbone tensors fine-tuning
+//!   changed, by checkpoint key; the manifest's `fine_tune` records their checksum and the
+//!   base weights' ([`Bundle::backbone`] rebuilds the network from both).
 //!
 //! A bundle is written into a temporary sibling folder and renamed into place, so a
 //! crash never leaves a half bundle under the final name.
@@ -14,17 +17,19 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::{BackboneId, Preprocess};
-use crate::engine::Backbone;
+use crate::engine::{Backbone, EngineChoice};
 use crate::error::{Error, Result};
+use crate::finetune::{tensors_sha256, tuned_weights, FineTune};
 use crate::head::HeadWeights;
 use crate::progress::Progress;
-use crate::weights::LoadedWeights;
+use crate::weights::TensorMap;
 use sha2::{Digest, Sha256};
 
 pub const FORMAT_VERSION: u32 = 1;
 const MANIFEST: &str = "manifest.json";
 const HEAD: &str = "head.safetensors";
 const LABELS: &str = "labels.txt";
+const TUNED: &str = "backbone.safetensors";
 /// Beside a bundle being saved: the folder the new bundle is written in, and the old
 /// bundle moved aside, each followed by the saving process's id.
 const STAGING_PREFIX: &str = ".graft-bundle-";
@@ -177,6 +182,9 @@ pub struct Manifest {
     /// The `--unknown-below` used when none is given (absent: every photo is answered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unknown_below: Option<f32>,
+    /// Present when the top of the backbone was fine-tuned with the head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<FineTune>,
 }
 
 fn no_temperature() -> f32 {
@@ -187,6 +195,8 @@ fn no_temperature() -> f32 {
 pub struct Bundle {
     pub manifest: Manifest,
     pub head: HeadWeights,
+    /// The fine-tuned backbone tensors (`backbone.safetensors`), when `manifest.fine_tune` is set.
+    pub tuned: Option<TensorMap>,
 }
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
@@ -279,6 +289,32 @@ fn preview(labels: &[&str]) -> String {
     text
 }
 
+/// Reads `backbone.safetensors`, refusing a file whose checksum is not the manifest's.
+fn load_tuned(dir: &Path, fine_tune: &FineTune) -> Result<TensorMap> {
+    let path = dir.join(TUNED);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        Error::invalid_input(
+            &path,
+            format!(
+                "cannot read the fine-tuned backbone tensors ({e}); restore the model folder \
+                 or retrain"
+            ),
+        )
+    })?;
+    let actual = tensors_sha256(&bytes);
+    if actual != fine_tune.tensors_sha256 {
+        return Err(Error::invalid_input(
+            &path,
+            format!(
+                "has checksum {actual} but {MANIFEST} records {}; the file was changed: restore \
+                 the model folder or retrain",
+                fine_tune.tensors_sha256
+            ),
+        ));
+    }
+    crate::weights::parse_safetensors(&path, &bytes)
+}
+
 impl Bundle {
     /// Writes the bundle to `dir`, replacing an existing bundle there atomically.
     ///
@@ -309,8 +345,24 @@ impl Bundle {
             .prefix(&format!("{STAGING_PREFIX}{pid}-"))
             .tempdir_in(&parent)
             .map_err(|e| Error::io(&parent, e))?;
+        let mut manifest = self.manifest.clone();
+        match (&self.tuned, manifest.fine_tune.as_mut()) {
+            (Some(tuned), Some(fine_tune)) => {
+                let path = staging.path().join(TUNED);
+                let bytes = crate::weights::safetensors_bytes(&path, tuned)?;
+                fine_tune.tensors_sha256 = tensors_sha256(&bytes);
+                crate::fsx::write_atomic(&path, &bytes)?;
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Invalid(
+                    "a fine-tuned model needs both its tuned tensors and their manifest record"
+                        .into(),
+                ))
+            }
+        }
         let manifest =
-            serde_json::to_vec_pretty(&self.manifest).map_err(|e| Error::Invalid(e.to_string()))?;
+            serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
         crate::fsx::write_atomic(&staging.path().join(MANIFEST), &manifest)?;
         let weight = f32_bytes(&self.head.weight);
         let bias = f32_bytes(&self.head.bias);
@@ -431,7 +483,65 @@ impl Bundle {
         }
         check_labels(dir, &manifest.labels)?;
         check_calibration(dir, &manifest)?;
-        Ok(Bundle { manifest, head })
+        let tuned = match &manifest.fine_tune {
+            None => None,
+            Some(fine_tune) => Some(load_tuned(dir, fine_tune)?),
+        };
+        Ok(Bundle {
+            manifest,
+            head,
+            tuned,
+        })
+    }
+
+    /// The backbone this model runs on, on the engine `choice` picks: the installed base
+    /// weights, with the fine-tuned tensors in their place for a fine-tuned model. Every
+    /// command that runs a model builds its backbone here.
+    pub fn backbone(&self, choice: EngineChoice, progress: &dyn Progress) -> Result<Backbone> {
+        let (tensors, sha256, variant, origin) = self.backbone_weights(progress)?;
+        Backbone::from_graph(
+            self.manifest.backbone,
+            &crate::backbone::graph(self.manifest.backbone),
+            &tensors,
+            (sha256, variant),
+            &origin,
+            choice,
+            progress,
+        )
+    }
+
+    /// The weights [`Bundle::backbone`] runs: (tensors by checkpoint key, base weights
+    /// checksum, cache variant, where they came from), for exporters.
+    pub fn backbone_weights(
+        &self,
+        progress: &dyn Progress,
+    ) -> Result<(TensorMap, String, String, String)> {
+        let m = &self.manifest;
+        let loaded = crate::weights::ensure(m.backbone, progress)?;
+        if loaded.source_sha256 != m.weights_sha256 {
+            return Err(Error::Invalid(format!(
+                "this model was trained on {} with weights {} but the installed weights are {}; \
+                 install the same weights (graft models fetch {}) or retrain",
+                m.backbone, m.weights_sha256, loaded.source_sha256, m.backbone
+            )));
+        }
+        let mut tensors = loaded.tensors;
+        let mut origin = loaded.path.display().to_string();
+        let variant = match (&self.manifest.fine_tune, &self.tuned) {
+            (Some(fine_tune), Some(tuned)) => {
+                tuned_weights(
+                    &mut tensors,
+                    &loaded.source_sha256,
+                    tuned.clone(),
+                    fine_tune,
+                    "this fine-tuned model",
+                )?;
+                origin.push_str(&format!(" with the model's {TUNED}"));
+                format!("fine-tune:{}", fine_tune.tensors_sha256)
+            }
+            _ => String::new(),
+        };
+        Ok((tensors, loaded.source_sha256, variant, origin))
     }
 
     /// The model's class tree (flat when the manifest records none).
@@ -491,22 +601,6 @@ impl Bundle {
             ));
         }
         Ok(())
-    }
-
-    /// The backbone weights this bundle's head was trained on, installed (fetched first
-    /// where graft can) and checked against the manifest's checksum. Everything that
-    /// builds the bundle's backbone (predict, serve, evaluate, export) takes them here.
-    pub fn backbone_weights(&self, progress: &dyn Progress) -> Result<LoadedWeights> {
-        let m = &self.manifest;
-        let loaded = crate::weights::ensure(m.backbone, progress)?;
-        if loaded.source_sha256 != m.weights_sha256 {
-            return Err(Error::Invalid(format!(
-                "this model was trained on {} with weights {} but the installed weights are {}; \
-                 install the same weights (graft models fetch {}) or retrain",
-                m.backbone, m.weights_sha256, loaded.source_sha256, m.backbone
-            )));
-        }
-        Ok(loaded)
     }
 
     /// SHA-256 of the head's weight then bias values as little-endian f32.
@@ -577,7 +671,9 @@ mod tests {
                 class_paths: None,
                 temperature: 1.0,
                 unknown_below: None,
+                fine_tune: None,
             },
+            tuned: None,
             head: HeadWeights {
                 dim: 2,
                 classes: 3,

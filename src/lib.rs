@@ -24,6 +24,7 @@ pub mod error;
 pub mod evaluate;
 pub mod export;
 pub mod features;
+pub mod finetune;
 pub mod fsx;
 pub mod head;
 pub mod home;

@@ -94,6 +94,7 @@ pub(crate) const BUNDLE_FILES: &[&str] = &[
     "manifest.json",
     "head.safetensors",
     "labels.txt",
+    "backbone.safetensors",
     "training_curves.png",
     "report.html",
 ];

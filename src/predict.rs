@@ -101,15 +101,7 @@ impl Predictor {
     pub fn load(bundle_dir: &Path, progress: &dyn Progress) -> Result<Predictor> {
         let bundle = Bundle::load(bundle_dir)?;
         bundle.check_manifest(bundle_dir)?;
-        let weights = bundle.backbone_weights(progress)?;
-        let backbone = Backbone::from_tensors_with(
-            bundle.manifest.backbone,
-            &weights.tensors,
-            weights.source_sha256,
-            &weights.path.display().to_string(),
-            crate::engine::EngineChoice::Auto,
-            progress,
-        )?;
+        let backbone = bundle.backbone(crate::engine::EngineChoice::Auto, progress)?;
         bundle.check_backbone(&backbone)?;
         Ok(Predictor { bundle, backbone })
     }

@@ -17,9 +17,12 @@ use crate::features::cache::FeatureCache;
 use crate::features::cached::{cached_features, cached_views, ViewRequest};
 use crate::features::{extract_views, ExtractOptions, Job, Skipped};
 use crate::head::calibrate;
+use crate::finetune::train::{fine_tune, CutData, EpochEvent, FineTuneConfig};
+use crate::finetune::{Cut, FineTune};
 use crate::head::train::{score, CachedVariants, Originals, TrainFeatures};
 use crate::head::{train_head, HeadWeights, SplitData, TrainConfig, TrainEvent};
 use crate::image::distort::Distortions;
+use crate::image::distort::View;
 use crate::metrics::{evaluate, Evaluation};
 use crate::output::{check_folder, refuse_nested, Folder};
 use crate::progress::Progress;
@@ -72,6 +75,29 @@ pub struct RetrainOptions {
     pub distorted_variants: usize,
     /// The `--unknown-below` the bundle answers with when none is given.
     pub unknown_below: Option<f32>,
+    /// Fine-tune the top of the backbone after the head (`--fine-tune`).
+    pub fine_tune: Option<FineTuneOptions>,
+}
+
+/// `--fine-tune N` and its companions.
+#[derive(Clone, Debug)]
+pub struct FineTuneOptions {
+    pub train: FineTuneConfig,
+    /// Augmented views per training image beside its centre view, cached at the cut.
+    pub views: usize,
+    /// How the augmented views are drawn (retrain.py's distortion flags).
+    pub augment: Distortions,
+}
+
+impl FineTuneOptions {
+    /// The augmentation of fine-tuning views when no distortion flag is given: mirror,
+    /// crops down to about two thirds of the side, and brightness within 20%.
+    pub const DEFAULT_AUGMENT: Distortions = Distortions {
+        flip_left_right: true,
+        random_crop: 20.0,
+        random_scale: 30.0,
+        random_brightness: 20.0,
+    };
 }
 
 /// How training-time distortions reach the head.
@@ -100,6 +126,11 @@ pub enum RetrainEvent<'a> {
         seconds: f64,
     },
     Training(&'a TrainEvent),
+    /// Fine-tuning begins: `steps` epochs.
+    FineTuneStart {
+        epochs: usize,
+    },
+    FineTuneEpoch(&'a EpochEvent),
 }
 
 pub struct RetrainOutcome {
@@ -132,6 +163,29 @@ pub fn retrain(
     for entry in &dataset.skipped {
         progress.message(&format!("skipped {entry}"));
     }
+    let cut = match &options.fine_tune {
+        Some(ft) => {
+            let no_validation = !dataset.images.iter().any(|i| {
+                which_split(
+                    &i.relative,
+                    options.validation_percentage,
+                    options.testing_percentage,
+                ) == Split::Validation
+            });
+            if no_validation {
+                return Err(Error::Invalid(format!(
+                    "--fine-tune keeps the epoch with the best validation accuracy, but no image \
+                     of {} falls in the validation split (--validation-percentage {}): raise \
+                     --validation-percentage or add images",
+                    dataset.root.display(),
+                    options.validation_percentage
+                )));
+            }
+            ft.augment.check()?;
+            Some(Cut::new(options.backbone, ft.train.blocks)?)
+        }
+        None => None,
+    };
     let backbone = Backbone::load(options.backbone, progress)?;
     let cache = FeatureCache::open(&options.bottleneck_dir)?;
     let paths: Vec<PathBuf> = dataset.images.iter().map(|i| i.path.clone()).collect();
@@ -160,8 +214,10 @@ pub fn retrain(
         },
     ];
     let mut test_paths = Vec::new();
-    // Dataset index of each train split row.
+    let mut test_images = Vec::new();
+    // Dataset index of each train and validation split row.
     let mut train_images = Vec::new();
+    let mut validation_images = Vec::new();
     for (index, (image, features)) in dataset.images.iter().zip(&cached.features).enumerate() {
         let Some(features) = features else { continue };
         let split = which_split(
@@ -174,8 +230,12 @@ pub fn retrain(
                 train_images.push(index);
                 0
             }
-            Split::Validation => 1,
+            Split::Validation => {
+                validation_images.push(index);
+                1
+            }
             Split::Test => {
+                test_images.push(index);
                 test_paths.push(image.relative.clone());
                 2
             }
@@ -246,6 +306,7 @@ pub fn retrain(
         class_paths: Some(dataset.class_paths.clone()),
         temperature,
         unknown_below: options.unknown_below,
+        fine_tune: None,
     };
 
     // Only training images are ever distorted: validation and test use the originals.
@@ -329,6 +390,7 @@ pub fn retrain(
                     let bundle = Bundle {
                         manifest: manifest_for(serde_json::Map::new(), 1.0),
                         head: weights.clone(),
+                        tuned: None,
                     };
                     bundle.save(&options.intermediate_dir.join(format!("step-{step}")))?;
                 }
@@ -343,21 +405,120 @@ pub fn retrain(
         vw.flush()?;
     }
 
+    let mut head = result.head;
     let mut metrics = serde_json::Map::new();
     let all_validation: Vec<usize> = (0..validation.len()).collect();
     if !validation.is_empty() {
-        let (acc, _) = score(&result.head, &validation, &all_validation);
+        let (acc, _) = score(&head, &validation, &all_validation);
         metrics.insert("validation_accuracy".into(), f64::from(acc).into());
+    }
+    let mut manifest = manifest_for(serde_json::Map::new(), 1.0);
+    let mut validation = validation;
+    let mut tuned = None;
+    let mut test = test;
+    if let (Some(ft), Some(cut)) = (&options.fine_tune, &cut) {
+        let stage = FineTuneStage {
+            options,
+            ft,
+            cut,
+            backbone: &backbone,
+            cache: &cache,
+            paths: &paths,
+            hashes: &cached.hashes,
+        };
+        let done = stage.run(
+            &head,
+            (&train_images, &train),
+            (&validation_images, &validation),
+            writers.as_mut(),
+            progress,
+            &mut on_event,
+        )?;
+        curve = done.curve;
+        head = done.tuned.head;
+        metrics.insert(
+            "validation_accuracy".into(),
+            f64::from(done.tuned.best_validation_accuracy).into(),
+        );
+        // Named as the flags, so report.html lists them as it lists the others.
+        let t = &ft.train;
+        for (flag, value) in [
+            ("fine_tune", serde_json::Value::from(t.blocks)),
+            ("fine_tune_epochs", t.epochs.into()),
+            ("fine_tune_views", ft.views.into()),
+            ("fine_tune_learning_rate", t.backbone_learning_rate.into()),
+            ("fine_tune_head_learning_rate", t.head_learning_rate.into()),
+            ("fine_tune_batch_size", t.batch_size.into()),
+            ("label_smoothing", t.label_smoothing.into()),
+            ("dropout", t.dropout.into()),
+        ] {
+            manifest.training[flag] = value;
+        }
+        manifest.fine_tune = Some(done.record);
+        let bundle = Bundle {
+            manifest: manifest.clone(),
+            head: head.clone(),
+            tuned: Some(done.tuned.tensors),
+        };
+        // The test split runs through the network the bundle rebuilds, as predict will.
+        let tuned_backbone = bundle.backbone(crate::engine::EngineChoice::Auto, progress)?;
+        let test_files: Vec<PathBuf> = test_images
+            .iter()
+            .map(|&i| dataset.images[i].path.clone())
+            .collect();
+        let features = cached_features(
+            &tuned_backbone,
+            &cache,
+            &test_files,
+            options.extract,
+            progress,
+        )?;
+        // Calibration is fitted on the logits of the network the bundle keeps, so the
+        // validation split runs through it too.
+        let validation_files: Vec<PathBuf> = validation_images
+            .iter()
+            .map(|&i| dataset.images[i].path.clone())
+            .collect();
+        let tuned_validation = cached_features(
+            &tuned_backbone,
+            &cache,
+            &validation_files,
+            options.extract,
+            progress,
+        )?;
+        validation = SplitData {
+            dim,
+            ..Default::default()
+        };
+        for (image, f) in validation_images.iter().zip(tuned_validation.features) {
+            if let Some(f) = f {
+                validation.push(&f, dataset.images[*image].label);
+            }
+        }
+        test = SplitData {
+            dim,
+            ..Default::default()
+        };
+        let mut kept = Vec::new();
+        for ((image, f), path) in test_images.iter().zip(features.features).zip(test_paths) {
+            if let Some(f) = f {
+                test.push(&f, dataset.images[*image].label);
+                kept.push(path);
+            }
+        }
+        test_paths = kept;
+        tuned = bundle.tuned;
     }
     // Calibration is fitted on the validation split and judged on the test split, which
     // the fit never saw.
     let validation_logits: Vec<Vec<f32>> = (0..validation.len())
-        .map(|i| result.head.logits(validation.row(i)))
+        .map(|i| head.logits(validation.row(i)))
         .collect();
     let temperature = calibrate::fit_temperature(&validation_logits, &validation.labels);
+    manifest.temperature = temperature;
     metrics.insert("temperature".into(), f64::from(temperature).into());
     let (test_eval, test_paths) = evaluate_test(
-        &result.head,
+        &head,
         temperature,
         &dataset,
         &test,
@@ -370,9 +531,11 @@ pub fn retrain(
         metrics.insert("test_top5_accuracy".into(), e.top5_accuracy.into());
         metrics.insert("test_images".into(), e.samples.into());
     }
+    manifest.metrics = metrics;
     let bundle = Bundle {
-        manifest: manifest_for(metrics, temperature),
-        head: result.head,
+        manifest,
+        head,
+        tuned,
     };
     bundle.save(&options.output)?;
     if !curve.is_empty() {
@@ -400,6 +563,183 @@ pub fn retrain(
     );
     write_html_report(options, &outcome, &curve, features, run_started)?;
     Ok(outcome)
+}
+
+/// What fine-tuning reads: the run's options, its cut, and the whole-backbone state it
+/// shares with head training (cache, paths, content hashes).
+struct FineTuneStage<'a> {
+    options: &'a RetrainOptions,
+    ft: &'a FineTuneOptions,
+    cut: &'a Cut,
+    backbone: &'a Backbone,
+    cache: &'a FeatureCache,
+    paths: &'a [PathBuf],
+    hashes: &'a [Option<[u8; 32]>],
+}
+
+struct FineTuneDone {
+    tuned: crate::finetune::train::FineTuned,
+    record: FineTune,
+    curve: Vec<CurvePoint>,
+}
+
+impl FineTuneStage<'_> {
+    /// Activations at the cut for the centre and augmented views of the training images
+    /// and the centre views of the validation images (from the cache where it has them),
+    /// then the joint training of the top and the head warm-started from `head`.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        head: &HeadWeights,
+        train: (&[usize], &SplitData),
+        validation: (&[usize], &SplitData),
+        mut writers: Option<&mut (SummaryWriter, SummaryWriter)>,
+        progress: &dyn Progress,
+        on_event: &mut impl FnMut(RetrainEvent<'_>),
+    ) -> Result<FineTuneDone> {
+        let (ft, cut) = (self.ft, self.cut);
+        let loaded = crate::weights::ensure(self.options.backbone, progress)?;
+        let lower = Backbone::from_graph(
+            self.options.backbone,
+            &cut.lower(),
+            &loaded.tensors,
+            (loaded.source_sha256.clone(), cut.variant()),
+            &loaded.path.display().to_string(),
+            crate::engine::EngineChoice::Auto,
+            progress,
+        )?;
+        let size = self.backbone.spec().preprocess.size;
+        let mut requests = Vec::new();
+        // (0 train / 1 validation, row) of each request.
+        let mut owners = Vec::new();
+        for (split, (images, _)) in [train, validation].into_iter().enumerate() {
+            for (row, &image) in images.iter().enumerate() {
+                let Some(hash) = self.hashes[image] else {
+                    continue;
+                };
+                requests.push(ViewRequest {
+                    image,
+                    hash,
+                    view: View::ORIGINAL,
+                    tag: String::new(),
+                });
+                owners.push((split, row));
+                // Validation and test views are never augmented.
+                for k in (0..ft.views).filter(|_| split == 0) {
+                    requests.push(ViewRequest {
+                        image,
+                        hash,
+                        view: ft.augment.variant(size, &hash, k),
+                        tag: ft.augment.variant_tag(k),
+                    });
+                    owners.push((split, row));
+                }
+            }
+        }
+        let views = cached_views(
+            &lower,
+            self.cache,
+            self.paths,
+            &requests,
+            self.options.extract,
+            "activations at the cut",
+            progress,
+        )?;
+        on_event(RetrainEvent::Features {
+            what: "activations at the cut",
+            hits: views.hits,
+            extracted: views.extracted,
+            corrupt: views.corrupt,
+            seconds: views.extraction_seconds,
+        });
+        let shape = match cut.graph.shape(cut.at) {
+            crate::backbone::graph::Shape::Map {
+                channels,
+                height,
+                width,
+            } => [*channels, *height, *width],
+            other => {
+                return Err(Error::Engine(format!(
+                    "the fine-tuning cut is not a feature map ({other:?})"
+                )))
+            }
+        };
+        let mut per_row = [
+            vec![Vec::new(); train.1.len()],
+            vec![Vec::new(); validation.1.len()],
+        ];
+        for (&(split, row), f) in owners.iter().zip(views.features) {
+            if let Some(f) = f {
+                per_row[split][row].push(f);
+            }
+        }
+        let [train_views, validation_views] = per_row;
+        // A row whose image could not be read again has no views: it sits this out.
+        let split_data = |views: Vec<Vec<Vec<f32>>>, labels: &[usize]| {
+            let (views, labels): (Vec<_>, Vec<_>) = views
+                .into_iter()
+                .zip(labels.iter().copied())
+                .filter(|(v, _)| !v.is_empty())
+                .unzip();
+            CutData {
+                shape,
+                views,
+                labels,
+            }
+        };
+        let train_cut = split_data(train_views, &train.1.labels);
+        let validation_cut = split_data(validation_views, &validation.1.labels);
+        drop(lower);
+
+        on_event(RetrainEvent::FineTuneStart {
+            epochs: ft.train.epochs,
+        });
+        let mut curve = Vec::new();
+        let tuned = fine_tune(
+            &ft.train,
+            cut,
+            &loaded.tensors,
+            head,
+            &train_cut,
+            &validation_cut,
+            |event| {
+                if let Some((tw, vw)) = writers.as_deref_mut() {
+                    let s = event.epoch as i64;
+                    tw.scalar("fine_tune/cross_entropy", s, event.train_loss)?;
+                    tw.scalar("fine_tune/accuracy", s, event.train_accuracy)?;
+                    vw.scalar("fine_tune/accuracy", s, event.validation_accuracy)?;
+                    vw.scalar("fine_tune/cross_entropy", s, event.validation_cross_entropy)?;
+                    tw.flush()?;
+                    vw.flush()?;
+                }
+                curve.push(CurvePoint {
+                    step: event.epoch as u64,
+                    train_accuracy: event.train_accuracy,
+                    train_cross_entropy: event.train_loss,
+                    validation_accuracy: Some(event.validation_accuracy),
+                    validation_cross_entropy: Some(event.validation_cross_entropy),
+                });
+                on_event(RetrainEvent::FineTuneEpoch(event));
+                Ok(())
+            },
+        )?;
+        let record = FineTune {
+            blocks: cut.blocks,
+            base_weights_sha256: loaded.source_sha256.clone(),
+            tensors_sha256: crate::finetune::tensors_sha256(&crate::weights::safetensors_bytes(
+                Path::new("backbone.safetensors"),
+                &tuned.tensors,
+            )?),
+            best_epoch: tuned.best_epoch,
+            epoch_seconds: tuned.history.iter().map(|e| e.seconds).collect(),
+            extract_seconds: views.extraction_seconds,
+        };
+        Ok(FineTuneDone {
+            tuned,
+            record,
+            curve,
+        })
+    }
 }
 
 /// Refuses, before any work, every output folder that is not graft's to write or that

@@ -82,6 +82,11 @@ pub enum Op {
     GlobalAvgPool {
         input: Value,
     },
+    /// `[batch, C, H, W]` -> `[batch, C * H * W]`, row-major: the output of a backbone cut
+    /// below its pooling (see [`Graph::lower_part`]).
+    Flatten {
+        input: Value,
+    },
     /// Concatenation along channels.
     Concat {
         inputs: Vec<Value>,
@@ -210,6 +215,32 @@ impl Graph {
         }
         last
     }
+
+    /// The network below `cut`: nodes up to and including it, its output flattened as
+    /// both `features` and `logits`, so every engine runs it as it runs a whole backbone.
+    pub fn lower_part(&self, cut: Value) -> Graph {
+        let mut nodes = self.nodes[..=cut.0].to_vec();
+        let (channels, height, width) = match self.shape(cut) {
+            Shape::Map {
+                channels,
+                height,
+                width,
+            } => (*channels, *height, *width),
+            Shape::Flat { len } => (*len, 1, 1),
+        };
+        nodes.push(Node {
+            op: Op::Flatten { input: cut },
+            shape: Shape::Flat {
+                len: channels * height * width,
+            },
+        });
+        let out = Value(nodes.len() - 1);
+        Graph {
+            nodes,
+            features: out,
+            logits: out,
+        }
+    }
 }
 
 impl Op {
@@ -222,6 +253,7 @@ impl Op {
             | Op::MaxPool { input, .. }
             | Op::AvgPool { input, .. }
             | Op::GlobalAvgPool { input }
+            | Op::Flatten { input }
             | Op::ChannelAffine { input, .. }
             | Op::Linear { input, .. } => vec![*input],
             Op::Add { a, b } => vec![*a, *b],

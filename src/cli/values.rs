@@ -44,6 +44,11 @@ pub fn probability_open(text: &str) -> Result<f32, String> {
     Ok(v as f32)
 }
 
+/// A fraction: 0 to 1.
+pub fn fraction(text: &str) -> Result<f64, String> {
+    bounded_f64(text, 0.0, false, 1.0)
+}
+
 /// A percentage: 0 to 100.
 pub fn percentage(text: &str) -> Result<f64, String> {
     bounded_f64(text, 0.0, false, 100.0)

@@ -57,6 +57,9 @@ enum Step {
     GlobalAvgPool {
         input: usize,
     },
+    Flatten {
+        input: usize,
+    },
     Concat {
         inputs: Vec<usize>,
     },
@@ -272,6 +275,7 @@ impl BurnNet {
                     padding: *padding,
                 },
                 Op::GlobalAvgPool { input } => Step::GlobalAvgPool { input: input.0 },
+                Op::Flatten { input } => Step::Flatten { input: input.0 },
                 Op::Concat { inputs } => Step::Concat {
                     inputs: inputs.iter().map(|v| v.0).collect(),
                 },
@@ -411,6 +415,11 @@ impl BurnNet {
                     let x = take_map(&mut values, *input, now)?;
                     let [n, c, _, _] = x.dims();
                     Val::Flat(x.mean_dim(3).mean_dim(2).reshape([n, c]))
+                }
+                Step::Flatten { input } => {
+                    let x = take_map(&mut values, *input, now)?;
+                    let [n, c, h, w] = x.dims();
+                    Val::Flat(x.reshape([n, c * h * w]))
                 }
                 Step::Concat { inputs } => {
                     let parts = inputs

@@ -163,6 +163,7 @@ fn remap_inputs(op: &Op, remap: &HashMap<usize, Value>) -> Op {
             padding: *padding,
         },
         Op::GlobalAvgPool { input } => Op::GlobalAvgPool { input: m(input) },
+        Op::Flatten { input } => Op::Flatten { input: m(input) },
         Op::Concat { inputs } => Op::Concat {
             inputs: inputs.iter().map(m).collect(),
         },

@@ -100,6 +100,10 @@ pub struct Backbone {
     pub id: BackboneId,
     /// SHA-256 of the published checkpoint the weights came from.
     pub weights_sha256: String,
+    /// What the network is beyond those weights, as the feature cache keys it: empty for
+    /// the published network, `fine-tune:<tensors sha256>` for a fine-tuned one,
+    /// `cut:<blocks>` for the frozen part below a fine-tuning cut.
+    pub variant: String,
     net: Net,
 }
 
@@ -157,7 +161,36 @@ impl Backbone {
         choice: EngineChoice,
         progress: &dyn Progress,
     ) -> Result<Backbone> {
-        let (folded, folded_tensors) = folded_graph(id, tensors, origin)?;
+        Backbone::from_graph(
+            id,
+            &crate::backbone::graph(id),
+            tensors,
+            (weights_sha256, String::new()),
+            origin,
+            choice,
+            progress,
+        )
+    }
+
+    /// A network of `id`'s family given as `graph` (the whole backbone, or the part below a
+    /// cut), checked against `tensors` and folded; `identity` is the weights checksum and
+    /// the [`Backbone::variant`].
+    pub fn from_graph(
+        id: BackboneId,
+        graph: &Graph,
+        tensors: &weights::TensorMap,
+        identity: (String, String),
+        origin: &str,
+        choice: EngineChoice,
+        progress: &dyn Progress,
+    ) -> Result<Backbone> {
+        let (weights_sha256, variant) = identity;
+        graph::check_parameters(
+            graph,
+            |key| tensors.get(key).map(|t| t.shape.clone()),
+            origin,
+        )?;
+        let (folded, folded_tensors) = fold::fold_for_inference(graph, tensors)?;
         let net = match choice {
             EngineChoice::Burn => {
                 Net::Burn(BurnNet::new(&folded, &folded_tensors, Device::flex())?)
@@ -180,6 +213,7 @@ impl Backbone {
         Ok(Backbone {
             id,
             weights_sha256,
+            variant,
             net,
         })
     }

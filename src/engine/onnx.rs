@@ -359,6 +359,9 @@ pub fn export(graph: &Graph, tensors: &TensorMap) -> Result<Vec<u8>> {
                 w.node("GlobalAveragePool", &[&name(*input)], &pooled, &[]);
                 w.node("Flatten", &[&pooled], &out, &[("axis", Attr::Int(1))]);
             }
+            Op::Flatten { input } => {
+                w.node("Flatten", &[&name(*input)], &out, &[("axis", Attr::Int(1))]);
+            }
             Op::Concat { inputs } => {
                 let names: Vec<String> = inputs.iter().map(|v| name(*v)).collect();
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();

@@ -38,6 +38,17 @@ pub struct ModelFingerprint {
 
 impl ModelFingerprint {
     pub fn new(backbone: BackboneId, weights_sha256: &str) -> ModelFingerprint {
+        ModelFingerprint::with_variant(backbone, weights_sha256, "")
+    }
+
+    /// The fingerprint of a network that differs from the published one (see
+    /// [`crate::engine::Backbone::variant`]); an empty `variant` is [`ModelFingerprint::new`]'s,
+    /// so caches written before variants existed keep matching.
+    pub fn with_variant(
+        backbone: BackboneId,
+        weights_sha256: &str,
+        variant: &str,
+    ) -> ModelFingerprint {
         let preprocess = serde_json::to_string(&backbone.spec().preprocess).unwrap_or_default();
         let mut h = Sha256::new();
         for part in [
@@ -51,6 +62,10 @@ impl ModelFingerprint {
         ] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
+        }
+        if !variant.is_empty() {
+            h.update((variant.len() as u64).to_le_bytes());
+            h.update(variant.as_bytes());
         }
         ModelFingerprint {
             digest: h.finalize().into(),

@@ -483,7 +483,7 @@ fn install(
     Ok(path)
 }
 
-fn safetensors_bytes(path: &Path, tensors: &TensorMap) -> Result<Vec<u8>> {
+pub(crate) fn safetensors_bytes(path: &Path, tensors: &TensorMap) -> Result<Vec<u8>> {
     let raw: Vec<(&str, &[usize], Vec<u8>)> = tensors
         .iter()
         .map(|(name, tensor)| {
@@ -511,7 +511,7 @@ fn safetensors_bytes(path: &Path, tensors: &TensorMap) -> Result<Vec<u8>> {
         .map_err(|e| fail(format!("cannot encode safetensors: {e}")))
 }
 
-fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<TensorMap> {
+pub(crate) fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<TensorMap> {
     let fail = |reason: String| Error::Weights {
         path: path.to_path_buf(),
         reason,

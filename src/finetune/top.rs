@@ -1,0 +1,273 @@
+//! The trainable top of a cut backbone on burn's autodiff: the graph's nodes above the
+//! cut, interpreted unfolded so that gradients reach every convolution and batch-norm
+//! scale and shift. Batch norm runs in inference mode: its running statistics are
+//! constants, as Keras and PyTorch's `eval()` keep them when fine-tuning.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::relu;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Tensor, TensorData as BurnData};
+
+use super::Cut;
+use crate::backbone::graph::{Activation, Op};
+use crate::error::{Error, Result};
+use crate::weights::{TensorData, TensorMap};
+
+/// The parameters that train, each with its checkpoint key in `keys`.
+#[derive(Module, Debug)]
+pub struct TopParams {
+    /// Convolution weights `[out, in / groups, kh, kw]`.
+    pub convs: Vec<Param<Tensor<4>>>,
+    /// Batch-norm `weight` (gamma) then `bias` (beta) of each batch norm, `[C]`.
+    pub norms: Vec<Param<Tensor<1>>>,
+}
+
+enum Step {
+    Conv {
+        input: usize,
+        weight: usize,
+        options: ConvOptions<2>,
+    },
+    BatchNorm {
+        input: usize,
+        /// Indices of gamma and beta in [`TopParams::norms`].
+        gamma: usize,
+        beta: usize,
+        /// `1 / sqrt(var + eps)` and `mean`, constants.
+        inv_std: Tensor<1>,
+        mean: Tensor<1>,
+    },
+    Activation {
+        input: usize,
+        activation: Activation,
+    },
+    Add {
+        a: usize,
+        b: usize,
+    },
+    GlobalAvgPool {
+        input: usize,
+    },
+}
+
+/// How the top is wired; the parameters live apart in [`TopParams`] so the optimizer sees
+/// only them.
+pub struct TopLayout {
+    /// `(node index, step)` for every node above the cut up to the pooled features.
+    steps: Vec<(usize, Step)>,
+    cut: usize,
+    /// Checkpoint keys of [`TopParams::convs`] and [`TopParams::norms`], in order.
+    conv_keys: Vec<String>,
+    norm_keys: Vec<String>,
+    conv_shapes: Vec<[usize; 4]>,
+    nodes: usize,
+}
+
+fn weight<'a>(tensors: &'a TensorMap, key: &str) -> Result<&'a TensorData> {
+    tensors
+        .get(key)
+        .ok_or_else(|| Error::Invalid(format!("missing weight '{key}'")))
+}
+
+fn flat(device: &Device, values: Vec<f32>) -> Tensor<1> {
+    let n = values.len();
+    Tensor::from_data(BurnData::new(values, [n]), device)
+}
+
+fn activate<const D: usize>(x: Tensor<D>, activation: Activation) -> Tensor<D> {
+    match activation {
+        Activation::None => x,
+        Activation::Relu => relu(x),
+        Activation::Relu6 => relu(x).clamp_max(6.0),
+    }
+}
+
+fn read(t: Tensor<1>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Engine(format!("{e:?}")))
+}
+
+impl TopLayout {
+    /// The top of `cut` with its initial parameters from `tensors` (the base weights).
+    pub fn new(cut: &Cut, tensors: &TensorMap, device: &Device) -> Result<(TopLayout, TopParams)> {
+        let graph = &cut.graph;
+        let mut steps = Vec::new();
+        let mut convs = Vec::new();
+        let mut norms = Vec::new();
+        let mut conv_keys = Vec::new();
+        let mut norm_keys = Vec::new();
+        let mut conv_shapes = Vec::new();
+        for (i, node) in graph.nodes.iter().enumerate().take(graph.features.0 + 1) {
+            if i <= cut.at.0 {
+                continue;
+            }
+            let step = match &node.op {
+                Op::Conv {
+                    input,
+                    key,
+                    stride,
+                    padding,
+                    groups,
+                    bias,
+                    activation,
+                    ..
+                } => {
+                    if *bias || *activation != Activation::None {
+                        // The Lite definitions have neither; the unfolded graph never fuses.
+                        return Err(Error::Engine(format!(
+                            "{key}: fine-tuning expects bias-free, unfused convolutions"
+                        )));
+                    }
+                    let k = format!("{key}.weight");
+                    let w = weight(tensors, &k)?;
+                    let shape: [usize; 4] = w
+                        .shape
+                        .clone()
+                        .try_into()
+                        .map_err(|_| Error::Invalid(format!("weight '{k}' is not 4-d")))?;
+                    convs.push(Param::from_tensor(Tensor::from_data(
+                        BurnData::new(w.data.clone(), shape),
+                        device,
+                    )));
+                    conv_keys.push(k);
+                    conv_shapes.push(shape);
+                    Step::Conv {
+                        input: input.0,
+                        weight: convs.len() - 1,
+                        options: ConvOptions::new_with_padding(*stride, *padding, [1, 1], *groups),
+                    }
+                }
+                Op::BatchNorm { input, key, eps } => {
+                    let get = |name: &str| weight(tensors, &format!("{key}.{name}"));
+                    let var = &get("running_var")?.data;
+                    let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+                    for name in ["weight", "bias"] {
+                        norms.push(Param::from_tensor(flat(device, get(name)?.data.clone())));
+                        norm_keys.push(format!("{key}.{name}"));
+                    }
+                    Step::BatchNorm {
+                        input: input.0,
+                        gamma: norms.len() - 2,
+                        beta: norms.len() - 1,
+                        inv_std: flat(device, inv_std),
+                        mean: flat(device, get("running_mean")?.data.clone()),
+                    }
+                }
+                Op::Activation { input, activation } => Step::Activation {
+                    input: input.0,
+                    activation: *activation,
+                },
+                Op::Add { a, b } => Step::Add { a: a.0, b: b.0 },
+                Op::GlobalAvgPool { input } => Step::GlobalAvgPool { input: input.0 },
+                other => {
+                    return Err(Error::Engine(format!(
+                        "fine-tuning cannot train a {other:?} node yet"
+                    )))
+                }
+            };
+            steps.push((i, step));
+        }
+        Ok((
+            TopLayout {
+                steps,
+                cut: cut.at.0,
+                conv_keys,
+                norm_keys,
+                conv_shapes,
+                nodes: graph.nodes.len(),
+            },
+            TopParams { convs, norms },
+        ))
+    }
+
+    /// Activations at the cut `[batch, C, H, W]` -> pooled features `[batch, D]`.
+    pub fn forward(&self, params: &TopParams, cut: Tensor<4>) -> Result<Tensor<2>> {
+        let malformed = || Error::Engine("malformed fine-tuning graph".into());
+        let mut maps: Vec<Option<Tensor<4>>> = (0..self.nodes).map(|_| None).collect();
+        maps[self.cut] = Some(cut);
+        let get = |maps: &Vec<Option<Tensor<4>>>, i: usize| maps[i].clone().ok_or_else(malformed);
+        let mut pooled = None;
+        for (i, step) in &self.steps {
+            let out = match step {
+                Step::Conv {
+                    input,
+                    weight,
+                    options,
+                } => conv2d(
+                    get(&maps, *input)?,
+                    params.convs[*weight].val(),
+                    None,
+                    options.clone(),
+                ),
+                Step::BatchNorm {
+                    input,
+                    gamma,
+                    beta,
+                    inv_std,
+                    mean,
+                } => {
+                    let x = get(&maps, *input)?;
+                    let c = inv_std.dims()[0];
+                    let scale = params.norms[*gamma].val() * inv_std.clone();
+                    let shift = params.norms[*beta].val() - mean.clone() * scale.clone();
+                    x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+                }
+                Step::Activation { input, activation } => {
+                    activate(get(&maps, *input)?, *activation)
+                }
+                Step::Add { a, b } => get(&maps, *a)? + get(&maps, *b)?,
+                Step::GlobalAvgPool { input } => {
+                    let x = get(&maps, *input)?;
+                    let [n, c, _, _] = x.dims();
+                    pooled = Some(x.mean_dim(3).mean_dim(2).reshape([n, c]));
+                    continue;
+                }
+            };
+            maps[*i] = Some(out);
+        }
+        pooled.ok_or_else(malformed)
+    }
+
+    /// Checkpoint keys of [`TopParams::convs`], in order.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.conv_keys.iter()
+    }
+
+    /// Checkpoint keys of [`TopParams::norms`], in order.
+    pub fn norm_keys(&self) -> impl Iterator<Item = &String> {
+        self.norm_keys.iter()
+    }
+
+    /// The trained tensors by checkpoint key.
+    pub fn tensors(&self, params: &TopParams) -> Result<TensorMap> {
+        let mut out = TensorMap::new();
+        for ((key, shape), p) in self
+            .conv_keys
+            .iter()
+            .zip(&self.conv_shapes)
+            .zip(&params.convs)
+        {
+            let n: usize = shape.iter().product();
+            out.insert(
+                key.clone(),
+                TensorData {
+                    shape: shape.to_vec(),
+                    data: read(p.val().reshape([n]))?,
+                },
+            );
+        }
+        for (key, p) in self.norm_keys.iter().zip(&params.norms) {
+            let data = read(p.val())?;
+            out.insert(
+                key.clone(),
+                TensorData {
+                    shape: vec![data.len()],
+                    data,
+                },
+            );
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,387 @@
+//! Joint training of the top blocks and a softmax head on cached activations at the cut.
+//!
+//! The recipe of fastai's `fine_tune` and the Keras transfer-learning guide: the head is
+//! warm-started from the frozen head, batch norm stays in inference mode, AdamW with a
+//! lower learning rate for the backbone than for the head, a linear warm-up then a cosine
+//! decay, dropout before the head, label-smoothed cross-entropy, and the weights of the
+//! epoch with the best validation accuracy are kept.
+//!
+//! Same seed, same data: the same weights, bit for bit, on one machine. Shuffling, the
+//! view of each sample and the dropout masks all come from one seeded ChaCha stream.
+
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Tensor, TensorData as BurnData};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::top::{TopLayout, TopParams};
+use super::Cut;
+use crate::error::{Error, Result};
+use crate::head::model::SoftmaxHead;
+use crate::head::HeadWeights;
+use crate::weights::TensorMap;
+
+/// The fine-tuning flags.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FineTuneConfig {
+    pub blocks: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rates: backbone blocks, head.
+    pub backbone_learning_rate: f64,
+    pub head_learning_rate: f64,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f64,
+    /// Fraction of the steps spent warming up linearly (then cosine to zero).
+    pub warmup: f64,
+    /// Dropout probability on the pooled features.
+    pub dropout: f64,
+    pub label_smoothing: f64,
+    pub seed: u64,
+}
+
+impl FineTuneConfig {
+    /// AdamW's weight decay (PyTorch's default).
+    pub const DEFAULT_WEIGHT_DECAY: f64 = 0.01;
+    /// A tenth of the steps.
+    pub const DEFAULT_WARMUP: f64 = 0.1;
+}
+
+/// Activations at the cut of one split: per image, its views `[C * H * W]` each (view 0
+/// the centre view; training images may have augmented ones after it).
+pub struct CutData {
+    /// `[C, H, W]` of one activation.
+    pub shape: [usize; 3],
+    pub views: Vec<Vec<Vec<f32>>>,
+    pub labels: Vec<usize>,
+}
+
+impl CutData {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochEvent {
+    /// 1-based.
+    pub epoch: usize,
+    pub epochs: usize,
+    pub train_loss: f32,
+    pub train_accuracy: f32,
+    pub validation_accuracy: f32,
+    pub validation_cross_entropy: f32,
+    pub seconds: f64,
+}
+
+pub struct FineTuned {
+    /// The tensors training changed, by checkpoint key (best epoch).
+    pub tensors: TensorMap,
+    pub head: HeadWeights,
+    /// 1-based.
+    pub best_epoch: usize,
+    pub best_validation_accuracy: f32,
+    pub history: Vec<EpochEvent>,
+}
+
+/// Learning-rate factor at `step` of `total`: linear warm-up over `warmup` steps, then a
+/// half cosine down to zero.
+pub fn schedule(step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return (step + 1) as f64 / warmup as f64;
+    }
+    let span = (total - warmup).max(1) as f64;
+    let t = (step - warmup) as f64 / span;
+    0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
+fn batch_tensor(data: &CutData, rows: &[(usize, usize)], device: &Device) -> Tensor<4> {
+    let [c, h, w] = data.shape;
+    let mut values = Vec::with_capacity(rows.len() * c * h * w);
+    for &(image, view) in rows {
+        values.extend_from_slice(&data.views[image][view]);
+    }
+    Tensor::from_data(BurnData::new(values, [rows.len(), c, h, w]), device)
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Engine(format!("{e:?}")))
+}
+
+/// Index of the largest value; ties go to the lower index.
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map_or(0, |(k, _)| k)
+}
+
+/// Mean cross-entropy of `logits` `[n, classes]` against `labels` smoothed by `smooth`
+/// (PyTorch's `cross_entropy(..., label_smoothing=smooth)`), and the log-probabilities.
+fn smoothed_cross_entropy(
+    logits: Tensor<2>,
+    labels: &[usize],
+    smooth: f32,
+    device: &Device,
+) -> (Tensor<1>, Tensor<2>) {
+    let [n, classes] = logits.dims();
+    let mut target = vec![smooth / classes as f32; n * classes];
+    for (r, &label) in labels.iter().enumerate() {
+        target[r * classes + label] += 1.0 - smooth;
+    }
+    let target = Tensor::<2>::from_data(BurnData::new(target, [n, classes]), device);
+    let logp = log_softmax(logits, 1);
+    ((logp.clone() * target).sum().neg() / n as f32, logp)
+}
+
+/// One forward and backward pass of the top and `head` on activations `input` at the cut
+/// (`[n, C, H, W]` row-major), without dropout: the loss, the logits and every gradient
+/// by checkpoint key (plus `input`, `head.weight`, `head.bias`). What the golden test
+/// checks against PyTorch.
+pub fn gradients(
+    cut: &Cut,
+    base: &TensorMap,
+    head: &HeadWeights,
+    input: &[f32],
+    labels: &[usize],
+    smooth: f32,
+) -> Result<(f32, Vec<f32>, TensorMap)> {
+    let device = Device::flex().autodiff();
+    let (layout, top) = TopLayout::new(cut, base, &device)?;
+    let model_head = SoftmaxHead::from_weights(head, &device);
+    let shape = match cut.graph.shape(cut.at) {
+        crate::backbone::graph::Shape::Map {
+            channels,
+            height,
+            width,
+        } => [labels.len(), *channels, *height, *width],
+        _ => return Err(Error::Engine("the cut is not a feature map".into())),
+    };
+    let x = Tensor::<4>::from_data(BurnData::new(input.to_vec(), shape), &device).require_grad();
+    let logits = model_head.forward(layout.forward(&top, x.clone())?);
+    let (loss, _) = smoothed_cross_entropy(logits.clone(), labels, smooth, &device);
+    let loss_value = to_vec(loss.clone())?[0];
+    let logits = to_vec(logits.detach())?;
+    let grads = loss.backward();
+    let mut out = TensorMap::new();
+    let mut put = |key: String, shape: Vec<usize>, data: Vec<f32>| {
+        out.insert(key, crate::weights::TensorData { shape, data });
+    };
+    let grad_of = |t: &Tensor<4>| t.grad(&grads).map(|g| to_vec(g)).transpose();
+    if let Some(g) = grad_of(&x)? {
+        put("input".into(), shape.to_vec(), g);
+    }
+    for (key, p) in layout.keys().zip(top.convs.iter().map(|p| p.val())) {
+        if let Some(g) = grad_of(&p)? {
+            put(key.clone(), p.dims().to_vec(), g);
+        }
+    }
+    for (key, p) in layout.norm_keys().zip(top.norms.iter().map(|p| p.val())) {
+        if let Some(g) = p.grad(&grads) {
+            put(key.clone(), p.dims().to_vec(), to_vec(g)?);
+        }
+    }
+    if let Some(g) = model_head.weight.val().grad(&grads) {
+        put(
+            "head.weight".into(),
+            vec![head.dim, head.classes],
+            to_vec(g)?,
+        );
+    }
+    if let Some(g) = model_head.bias.val().grad(&grads) {
+        put("head.bias".into(), vec![head.classes], to_vec(g)?);
+    }
+    Ok((loss_value, logits, out))
+}
+
+/// Accuracy and mean cross-entropy on the centre views of `data`.
+fn score(
+    layout: &TopLayout,
+    top: &TopParams,
+    head: &SoftmaxHead,
+    data: &CutData,
+    batch: usize,
+    device: &Device,
+) -> Result<(f32, f32)> {
+    let mut correct = 0usize;
+    let mut loss = 0f64;
+    let rows: Vec<(usize, usize)> = (0..data.len()).map(|i| (i, 0)).collect();
+    for chunk in rows.chunks(batch.max(1)) {
+        let x = batch_tensor(data, chunk, device).detach();
+        let logits = head.forward(layout.forward(top, x)?);
+        let classes = logits.dims()[1];
+        let logp = to_vec(log_softmax(logits, 1))?;
+        for (row, &(i, _)) in logp.chunks_exact(classes).zip(chunk) {
+            let label = data.labels[i];
+            correct += usize::from(argmax(row) == label);
+            loss -= f64::from(row[label]);
+        }
+    }
+    let n = data.len().max(1) as f64;
+    Ok(((correct as f64 / n) as f32, (loss / n) as f32))
+}
+
+/// Fine-tunes the top of `cut` (initial weights `base`) and the head (warm start `head`)
+/// on `train`, keeping the epoch with the best accuracy on `validation`.
+pub fn fine_tune(
+    config: &FineTuneConfig,
+    cut: &Cut,
+    base: &TensorMap,
+    head: &HeadWeights,
+    train: &CutData,
+    validation: &CutData,
+    mut on_epoch: impl FnMut(&EpochEvent) -> Result<()>,
+) -> Result<FineTuned> {
+    if train.len() == 0 || validation.len() == 0 {
+        return Err(Error::Invalid(
+            "--fine-tune keeps the epoch with the best validation accuracy, but the validation \
+             split is empty: raise --validation-percentage or add images"
+                .into(),
+        ));
+    }
+    let device = Device::flex().autodiff();
+    let (layout, mut top) = TopLayout::new(cut, base, &device)?;
+    let mut model_head = SoftmaxHead::from_weights(head, &device);
+    let classes = head.classes;
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xf1e7_0e5e);
+    let mut top_optim = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init();
+    let mut head_optim = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init();
+    let batch = config.batch_size.max(1);
+    let steps_per_epoch = train.len().div_ceil(batch);
+    let total = steps_per_epoch * config.epochs;
+    let warmup = ((total as f64 * config.warmup).round() as usize).clamp(1, total.max(1));
+    let smooth = config.label_smoothing as f32;
+    let keep = 1.0 - config.dropout as f32;
+
+    // (accuracy, cross-entropy, epoch, tensors, head) of the best epoch so far.
+    let mut best: Option<(f32, f32, usize, TensorMap, HeadWeights)> = None;
+    let mut history = Vec::new();
+    let mut step = 0usize;
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    for epoch in 1..=config.epochs {
+        let started = std::time::Instant::now();
+        order.shuffle(&mut rng);
+        let (mut loss_sum, mut correct) = (0f64, 0usize);
+        for chunk in order.chunks(batch) {
+            let rows: Vec<(usize, usize)> = chunk
+                .iter()
+                .map(|&i| (i, rng.gen_range(0..train.views[i].len())))
+                .collect();
+            let n = rows.len();
+            let x = batch_tensor(train, &rows, &device);
+            let features = layout.forward(&top, x)?;
+            let dim = features.dims()[1];
+            let features = if keep < 1.0 {
+                let mask: Vec<f32> = (0..n * dim)
+                    .map(|_| {
+                        if rng.gen::<f32>() < keep {
+                            1.0 / keep
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                features * Tensor::<2>::from_data(BurnData::new(mask, [n, dim]), &device)
+            } else {
+                features
+            };
+            let logits = model_head.forward(features);
+            let labels: Vec<usize> = rows.iter().map(|&(i, _)| train.labels[i]).collect();
+            let (loss, logp) = smoothed_cross_entropy(logits, &labels, smooth, &device);
+            let value = to_vec(loss.clone())?;
+            if value.iter().any(|v| !v.is_finite()) {
+                return Err(Error::Invalid(format!(
+                    "fine-tuning diverged at epoch {epoch}: the loss is no longer a finite \
+                     number; lower --fine-tune-learning-rate and train again"
+                )));
+            }
+            loss_sum += f64::from(value[0]) * n as f64;
+            let logp = to_vec(logp.detach())?;
+            for (row, &(i, _)) in logp.chunks_exact(classes).zip(&rows) {
+                correct += usize::from(argmax(row) == train.labels[i]);
+            }
+            let mut grads = loss.backward();
+            let top_grads = GradientsParams::from_module(&mut grads, &top);
+            let head_grads = GradientsParams::from_module(&mut grads, &model_head);
+            let factor = schedule(step, warmup, total);
+            top = top_optim.step(config.backbone_learning_rate * factor, top, top_grads);
+            model_head =
+                head_optim.step(config.head_learning_rate * factor, model_head, head_grads);
+            step += 1;
+        }
+        let (validation_accuracy, validation_cross_entropy) =
+            score(&layout, &top, &model_head, validation, batch, &device)?;
+        let event = EpochEvent {
+            epoch,
+            epochs: config.epochs,
+            train_loss: (loss_sum / train.len() as f64) as f32,
+            train_accuracy: correct as f32 / train.len() as f32,
+            validation_accuracy,
+            validation_cross_entropy,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        // Higher accuracy wins; at equal accuracy, the lower cross-entropy (a small
+        // validation split ties often).
+        let better = best.as_ref().is_none_or(|(acc, ce, ..)| {
+            validation_accuracy > *acc
+                || (validation_accuracy == *acc && validation_cross_entropy < *ce)
+        });
+        if better {
+            best = Some((
+                validation_accuracy,
+                validation_cross_entropy,
+                epoch,
+                layout.tensors(&top)?,
+                model_head.to_weights()?,
+            ));
+        }
+        on_epoch(&event)?;
+        history.push(event);
+    }
+    let Some((best_acc, _, best_epoch, tensors, head)) = best else {
+        return Err(Error::Invalid(
+            "--fine-tune-epochs must be at least 1".into(),
+        ));
+    };
+    if !head.is_finite()
+        || tensors
+            .values()
+            .any(|t| t.data.iter().any(|v| !v.is_finite()))
+    {
+        return Err(Error::Invalid(
+            "fine-tuning diverged: the weights are no longer finite numbers; lower \
+             --fine-tune-learning-rate and train again"
+                .into(),
+        ));
+    }
+    Ok(FineTuned {
+        tensors,
+        head,
+        best_epoch,
+        best_validation_accuracy: best_acc,
+        history,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        assert!((schedule(0, 4, 20) - 0.25).abs() < 1e-12);
+        assert!((schedule(3, 4, 20) - 1.0).abs() < 1e-12);
+        assert!((schedule(4, 4, 20) - 1.0).abs() < 1e-12);
+        assert!(schedule(12, 4, 20) < schedule(8, 4, 20));
+        assert!(schedule(19, 4, 20) < 0.02);
+    }
+}
