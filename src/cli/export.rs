@@ -50,10 +50,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if let Some(dir) = &args.onnxruntime_web {
         web::check_onnxruntime_web(dir, "--onnxruntime-web")?;
     }
-    let temperature = export::bundle_temperature(&args.model)?;
     let bar = Bar::new();
-    let weights = bundle.backbone_weights(&bar)?;
-    let classifier = export::classifier_onnx(&bundle, &weights, temperature)?;
+    let classifier = export::classifier_onnx(&bundle, &bar)?;
     let m = &bundle.manifest;
     let (s, c, d) = (m.preprocess.size, m.labels.len(), m.feature_dim);
     match args.format {

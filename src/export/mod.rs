@@ -17,7 +17,7 @@ use crate::bundle::Bundle;
 use crate::engine::onnx::{self, ClassifierWrap};
 use crate::error::{Error, Result};
 use crate::head::HeadWeights;
-use crate::weights::{LoadedWeights, TensorData, TensorMap};
+use crate::weights::{TensorData, TensorMap};
 
 /// The key of the head's weights inside the exported graph (no checkpoint uses it).
 const HEAD_KEY: &str = "graft_head";
@@ -103,50 +103,22 @@ pub fn preprocessing_json(bundle: &Bundle) -> serde_json::Value {
     })
 }
 
-/// The temperature the bundle's logits are divided by before the softmax: the
-/// manifest's `temperature` where it has one, else 1.
-pub fn bundle_temperature(bundle_dir: &Path) -> Result<f32> {
-    let path = bundle_dir.join("manifest.json");
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::invalid_input(
-            &path,
-            format!("is not valid JSON ({e}); restore it or retrain"),
-        )
-    })?;
-    match value.get("temperature") {
-        None | Some(serde_json::Value::Null) => Ok(1.0),
-        Some(t) => t
-            .as_f64()
-            .map(|t| t as f32)
-            .filter(|t| t.is_finite() && *t > 0.0)
-            .ok_or_else(|| {
-                Error::invalid_input(
-                    &path,
-                    format!(
-                        "records temperature {t}, which is not a positive number; restore \
-                         the manifest or recalibrate"
-                    ),
-                )
-            }),
-    }
-}
-
-/// The whole classifier of `bundle` as an ONNX model: `weights` are the bundle's
-/// backbone weights ([`Bundle::backbone_weights`]), `temperature` divides the logits.
+/// The whole classifier of `bundle` as an ONNX model: the backbone with the bundle's
+/// weights ([`Bundle::backbone_weights`]: fine-tuned where the model is), the head, and
+/// the softmax of the logits divided by the bundle's temperature.
 ///
 /// Input `pixels` uint8 `[N, S, S, 3]`; outputs `probabilities` `[N, C]` and `features`
 /// `[N, D]`; labels, backbone, preprocessing, model id and graft version in
 /// `metadata_props` (keys `graft.*`).
 pub fn classifier_onnx(
     bundle: &Bundle,
-    weights: &LoadedWeights,
-    temperature: f32,
+    progress: &dyn crate::progress::Progress,
 ) -> Result<Vec<u8>> {
     let m = &bundle.manifest;
-    let origin = weights.path.display().to_string();
+    let (tensors, _, _, origin) = bundle.backbone_weights(progress)?;
+    let temperature = bundle.manifest.temperature;
     let (folded, folded_tensors) =
-        crate::engine::folded_graph(m.backbone, &weights.tensors, &origin)?;
+        crate::engine::folded_graph(m.backbone, &tensors, &origin)?;
     let (graph, tensors) = classifier_graph(&folded, &folded_tensors, &bundle.head)?;
     let backbone_model = onnx::export(&graph, &tensors)?;
     let labels = serde_json::to_string(&m.labels).map_err(|e| Error::Invalid(e.to_string()))?;
