@@ -68,7 +68,9 @@ def main() -> int:
             fn_constructor_kwargs={"root": str(args.folder), "backbone": args.backbone,
                                    "cache": False, "rss_dir": str(rss)},
             concurrency=args.actors, batch_size=args.batch_size, batch_format="pyarrow",
-            num_cpus=max(1, args.cpus // args.actors))
+            # Half the CPUs reserved by the actors: the rest lets Ray schedule the read
+            # and write tasks (actors holding every CPU stall the pipeline).
+            num_cpus=args.cpus / (2 * args.actors))
         ds.write_parquet(str(tmp / "parquet"))
         ray_seconds = time.monotonic() - started
         ray.shutdown()

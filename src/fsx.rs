@@ -8,7 +8,7 @@
 //! removes only the former.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -22,29 +22,69 @@ pub fn write_atomic_with(
     path: &Path,
     fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix())
-        .suffix(TEMP_SUFFIX)
-        .tempfile_in(parent)
-        .map_err(|e| Error::io(parent, e))?;
-    fill(tmp.as_file_mut()).map_err(|e| Error::io(path, e))?;
-    // Temporary files are created owner-only; what graft writes is ordinary output.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let perms = std::fs::Permissions::from_mode(0o644);
-        tmp.as_file()
-            .set_permissions(perms)
-            .map_err(|e| Error::io(path, e))?;
+    let mut file = AtomicFile::create(path)?;
+    fill(file.tmp.as_file_mut()).map_err(|e| Error::io(path, e))?;
+    file.commit()
+}
+
+/// A file written bit by bit under a temporary name beside its target, for outputs too
+/// big to hold in memory (Parquet features): [`AtomicFile::commit`] syncs it and renames
+/// it over the target; dropped uncommitted (an error, a panic), it is removed.
+pub struct AtomicFile {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl AtomicFile {
+    /// Starts the temporary file beside `path`, creating parent folders.
+    pub fn create(path: &Path) -> Result<AtomicFile> {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&temp_prefix())
+            .suffix(TEMP_SUFFIX)
+            .tempfile_in(parent)
+            .map_err(|e| Error::io(parent, e))?;
+        Ok(AtomicFile {
+            tmp,
+            path: path.to_path_buf(),
+        })
     }
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+
+    /// The target path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Syncs the temporary file and renames it over the target.
+    pub fn commit(self) -> Result<()> {
+        let AtomicFile { tmp, path } = self;
+        // Temporary files are created owner-only; what graft writes is ordinary output.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let perms = std::fs::Permissions::from_mode(0o644);
+            tmp.as_file()
+                .set_permissions(perms)
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        tmp.as_file().sync_all().map_err(|e| Error::io(&path, e))?;
+        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        Ok(())
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tmp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tmp.flush()
+    }
 }
 
 const TEMP_PREFIX: &str = ".graft-";

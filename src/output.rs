@@ -9,7 +9,8 @@
 //!   `export --format web --output`) by the marker file [`MARKER`] it writes there first;
 //! - a single file by graft's own metadata in it: the `format` entry of a features
 //!   file's safetensors metadata, an ONNX model's `producer_name`, the `Software` text
-//!   chunk of a PNG, the `generator` meta tag of an HTML report.
+//!   chunk of a PNG, the `generator` meta tag of an HTML report, the `graft.version`
+//!   key of a Parquet file's footer metadata.
 //!
 //! A path that does not exist yet, and an empty folder, may always be used. Folders that
 //! graft only adds to (`organize --output`, `augment --output`, `--summaries-dir`, the
@@ -26,6 +27,8 @@ use crate::error::{Error, Result};
 
 /// The marker file in a folder that graft fills with files (see [`Folder`]).
 pub const MARKER: &str = ".graft-output.json";
+/// The key of a Parquet footer's key-value metadata that marks the file as graft's.
+pub const PARQUET_KEY: &str = "graft.version";
 /// Written into PNG `tEXt` chunks and HTML `generator` tags, and looked for there.
 pub const SOFTWARE: &str = "graft";
 
@@ -75,6 +78,8 @@ pub enum File {
     Png,
     /// HTML with `<meta name="generator" content="graft">` (reports).
     Html,
+    /// Parquet whose footer metadata has `graft.version` (`graft extract`).
+    Parquet,
 }
 
 impl File {
@@ -84,6 +89,7 @@ impl File {
             File::Onnx => "an ONNX model written by `graft export` or `graft export-onnx`",
             File::Png => "a chart graft drew",
             File::Html => "a report graft wrote",
+            File::Parquet => "a Parquet features file written by `graft extract`",
         }
     }
 }
@@ -365,6 +371,7 @@ pub fn check_file(path: &Path, kind: File, flag: &str) -> Result<()> {
                         File::Onnx => "model.onnx",
                         File::Png => "chart.png",
                         File::Html => "report.html",
+                        File::Parquet => "features.parquet",
                     };
                     path.join(name).display().to_string()
                 }
@@ -377,6 +384,7 @@ pub fn check_file(path: &Path, kind: File, flag: &str) -> Result<()> {
         File::Onnx => onnx_producer(&head).as_deref() == Some(SOFTWARE),
         File::Png => png_software(&head).as_deref() == Some(SOFTWARE),
         File::Html => html_is_ours(&head),
+        File::Parquet => parquet_is_ours(path),
     };
     if ours {
         return Ok(());
@@ -389,6 +397,22 @@ pub fn check_file(path: &Path, kind: File, flag: &str) -> Result<()> {
             kind.what()
         ),
     ))
+}
+
+/// Parquet keeps its key-value metadata in the footer, which the parquet crate reads.
+fn parquet_is_ours(path: &Path) -> bool {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let Ok(reader) = SerializedFileReader::new(file) else {
+        return false;
+    };
+    reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .is_some_and(|kv| kv.iter().any(|k| k.key == PARQUET_KEY))
 }
 
 fn read_head(path: &Path, limit: u64) -> Result<Vec<u8>> {

@@ -197,7 +197,170 @@ pub fn retrain(
         corrupt: cached.corrupt,
         seconds: cached.extraction_seconds,
     });
+    let features_note = format!(
+        "{} from the cache, {} extracted",
+        cached.hits, cached.extracted
+    );
+    let inputs = TrainInputs {
+        dataset,
+        features: cached.features,
+        backbone: backbone.id,
+        weights_sha256: backbone.weights_sha256.clone(),
+        images: Some(ImageInputs {
+            backbone: &backbone,
+            cache: &cache,
+            paths,
+            hashes: cached.hashes,
+        }),
+        skipped: cached.skipped,
+        features_note,
+    };
+    train_on(options, inputs, run_started, progress, on_event)
+}
 
+/// Precomputed features to train from instead of images (`train --features`).
+#[derive(Clone, Debug)]
+pub struct FeatureSource {
+    /// Parquet parts, as `graft extract --output x.parquet` or the Ray extractor write them.
+    pub parts: Vec<PathBuf>,
+    /// A labels CSV (`path,label`, paths as in the parts' `path` column); without one,
+    /// each row's class is its path's folder, as when training from class folders.
+    pub labels: Option<PathBuf>,
+    /// The backbone asked for on the command line, if any: it must be the parts'.
+    pub backbone: Option<BackboneId>,
+}
+
+/// [`retrain`] on precomputed features: the same labels, split, sample order and
+/// training, so features of a folder give the head training on that folder gives. The
+/// bundle records the parts' backbone and weights checksum. `options.source`,
+/// `options.backbone` and `options.bottleneck_dir` are not used.
+pub fn retrain_from_features(
+    options: &RetrainOptions,
+    source: &FeatureSource,
+    progress: &dyn Progress,
+    mut on_event: impl FnMut(RetrainEvent<'_>),
+) -> Result<RetrainOutcome> {
+    let run_started = std::time::Instant::now();
+    options.distortions.check()?;
+    let parts = crate::features::parquet::read_parts(&source.parts)?;
+    if let Some(asked) = source.backbone {
+        if asked != parts.backbone {
+            return Err(Error::invalid_input(
+                &source.parts[0],
+                format!(
+                    "holds {} features, but --backbone {asked} was asked for; drop --backbone \
+                     (the features decide it) or extract the features with {asked}",
+                    parts.backbone
+                ),
+            ));
+        }
+    }
+    // The first part names the source in messages and the report.
+    let root = source.parts[0].clone();
+    let n_rows = parts.rows.len();
+    let mut rows = parts.rows;
+    let mut dataset = match &source.labels {
+        None => {
+            let entries = rows
+                .iter()
+                .map(|r| crate::dataset::ImageEntry {
+                    relative: r.path.clone(),
+                    path: PathBuf::from(&r.path),
+                })
+                .collect();
+            Dataset::labelled_by_folder(&root, entries)?
+        }
+        Some(csv) => Dataset::from_labels_csv(csv, Some(Path::new("")))?,
+    };
+    dataset.root = root;
+    dataset.require_trainable()?;
+    check_outputs(options, &dataset.root)?;
+    let index: std::collections::HashMap<String, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.path.clone(), i))
+        .collect();
+    let mut features = Vec::with_capacity(dataset.images.len());
+    let mut skipped = Vec::new();
+    for image in &dataset.images {
+        match index.get(&image.relative) {
+            Some(&i) => features.push(Some(std::mem::take(&mut rows[i].features))),
+            None => {
+                let reason = format!(
+                    "listed in the labels CSV but in none of the {} Parquet file(s); extract it \
+                     or remove its row",
+                    source.parts.len()
+                );
+                progress.message(&format!("skipped {}: {reason}", image.relative));
+                skipped.push(Skipped {
+                    path: image.path.clone(),
+                    reason,
+                });
+                features.push(None);
+            }
+        }
+    }
+    drop(rows);
+    for warning in dataset.warnings() {
+        on_event(RetrainEvent::Warning(warning));
+    }
+    let inputs = TrainInputs {
+        dataset,
+        features,
+        backbone: parts.backbone,
+        weights_sha256: parts.weights_sha256,
+        images: None,
+        skipped,
+        features_note: format!(
+            "{n_rows} rows read from {} Parquet file(s)",
+            source.parts.len()
+        ),
+    };
+    train_on(options, inputs, run_started, progress, on_event)
+}
+
+/// What the head is trained on, however the features were found.
+struct TrainInputs<'a> {
+    dataset: Dataset,
+    /// One entry per dataset image: `None` where it was skipped.
+    features: Vec<Option<Vec<f32>>>,
+    backbone: BackboneId,
+    weights_sha256: String,
+    /// The images themselves, for distortions; `None` when training from precomputed
+    /// features.
+    images: Option<ImageInputs<'a>>,
+    /// Images whose features could not be had.
+    skipped: Vec<Skipped>,
+    /// Where the features came from, for the report.
+    features_note: String,
+}
+
+struct ImageInputs<'a> {
+    backbone: &'a Backbone,
+    cache: &'a FeatureCache,
+    /// Path of each dataset image.
+    paths: Vec<PathBuf>,
+    /// Content hash of each dataset image (`None` where it could not be read).
+    hashes: Vec<Option<[u8; 32]>>,
+}
+
+/// Splits, trains, evaluates and writes the bundle and its report.
+fn train_on(
+    options: &RetrainOptions,
+    inputs: TrainInputs<'_>,
+    run_started: std::time::Instant,
+    progress: &dyn Progress,
+    mut on_event: impl FnMut(RetrainEvent<'_>),
+) -> Result<RetrainOutcome> {
+    let TrainInputs {
+        dataset,
+        features: image_features,
+        backbone,
+        weights_sha256,
+        images,
+        skipped: feature_skipped,
+        features_note,
+    } = inputs;
     let dim = backbone.spec().feature_dim;
     let mut splits = [
         SplitData {
@@ -218,7 +381,7 @@ pub fn retrain(
     // Dataset index of each train and validation split row.
     let mut train_images = Vec::new();
     let mut validation_images = Vec::new();
-    for (index, (image, features)) in dataset.images.iter().zip(&cached.features).enumerate() {
+    for (index, (image, features)) in dataset.images.iter().zip(&image_features).enumerate() {
         let Some(features) = features else { continue };
         let split = which_split(
             &image.relative,
@@ -277,8 +440,8 @@ pub fn retrain(
                         temperature: f32| Manifest {
         format_version: FORMAT_VERSION,
         graft_version: env!("CARGO_PKG_VERSION").to_string(),
-        backbone: backbone.id,
-        weights_sha256: backbone.weights_sha256.clone(),
+        backbone,
+        weights_sha256: weights_sha256.clone(),
         preprocess: backbone.spec().preprocess,
         feature_dim: dim,
         labels: dataset.classes.clone(),
@@ -318,15 +481,23 @@ pub fn retrain(
     let mut sources: Box<dyn TrainFeatures + '_> = if options.distortions.is_none() {
         Box::new(Originals)
     } else {
+        let Some(images) = &images else {
+            return Err(Error::Invalid(
+                "distortions need the images, not precomputed features: train from the \
+                 image folder, or drop the distortion flags"
+                    .into(),
+            ));
+        };
+        let backbone = images.backbone;
         match options.distortion_mode {
             DistortionMode::Cached => {
                 let variants = cached_variants(
                     options,
-                    &backbone,
-                    &cache,
-                    &paths,
+                    backbone,
+                    images.cache,
+                    &images.paths,
                     &train_images,
-                    &cached.hashes,
+                    &images.hashes,
                     progress,
                     &mut on_event,
                 )?;
@@ -339,7 +510,7 @@ pub fn retrain(
             DistortionMode::Online => {
                 variants_note = "; distorted afresh at every step (online)".into();
                 Box::new(OnlineDistortions {
-                    backbone: &backbone,
+                    backbone,
                     paths: &train_paths,
                     distortions: options.distortions,
                     rng: ChaCha8Rng::seed_from_u64(options.train.seed ^ 0xd157_0127),
@@ -546,7 +717,7 @@ pub fn retrain(
         .iter()
         .cloned()
         .map(Skipped::from)
-        .chain(cached.skipped)
+        .chain(feature_skipped)
         .collect();
     let outcome = RetrainOutcome {
         bundle,
@@ -557,10 +728,7 @@ pub fn retrain(
         skipped,
         head_seconds,
     };
-    let features = format!(
-        "{} from the cache, {} extracted{variants_note}",
-        cached.hits, cached.extracted
-    );
+    let features = format!("{features_note}{variants_note}");
     write_html_report(options, &outcome, &curve, features, run_started)?;
     Ok(outcome)
 }

@@ -1,4 +1,4 @@
-//! `graft extract DIR --backbone NAME --output FILE`
+//! `graft extract DIR --backbone NAME --output FILE [--shard I/N]`
 
 use std::path::PathBuf;
 
@@ -6,11 +6,13 @@ use anyhow::Context;
 
 use graft::backbone::BackboneId;
 use graft::dataset::scan_images;
+use graft::dataset::shard::Shard;
 use graft::engine::{Backbone, EngineChoice};
 use graft::features::cache::FeatureCache;
-use graft::features::cached::cached_features;
 use graft::features::file::FeaturesFile;
-use graft::features::{extract, ExtractOptions};
+use graft::features::parquet::{is_parquet_path, FeaturesWriter};
+use graft::features::stream::features_in_chunks;
+use graft::features::ExtractOptions;
 use graft::progress::Progress;
 use graft::retrain::default_bottleneck_dir;
 
@@ -25,9 +27,14 @@ pub struct Args {
     /// Backbone network.
     #[arg(long, default_value_t = BackboneId::DEFAULT.name().to_string())]
     backbone: String,
-    /// Where to write the features (safetensors).
+    /// Where to write the features: Parquet for a name ending in `.parquet` (one row per
+    /// image, see docs/distributed.md), safetensors otherwise.
     #[arg(long, short)]
     output: PathBuf,
+    /// Extract only shard I of N (0 <= I < N): the images whose relative path hashes to I
+    /// (docs/distributed.md), so N workers cover the folder exactly once.
+    #[arg(long, value_name = "I/N", value_parser = values::shard)]
+    shard: Option<Shard>,
     /// Images per backbone forward pass (default: the fastest measured for the backbone
     /// on its engine; 1 for the EfficientNet-Lite models).
     #[arg(long, value_parser = values::batch_size())]
@@ -46,7 +53,13 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let id: BackboneId = args.backbone.parse()?;
-    graft::output::check_file(&args.output, graft::output::File::Safetensors, "--output")?;
+    let parquet = is_parquet_path(&args.output);
+    let kind = if parquet {
+        graft::output::File::Parquet
+    } else {
+        graft::output::File::Safetensors
+    };
+    graft::output::check_file(&args.output, kind, "--output")?;
     let bar = Bar::new();
     let backbone = Backbone::load_with(id, args.engine, &bar)?;
     let scan = scan_images(&args.dir)?;
@@ -56,83 +69,102 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     for entry in &scan.skipped {
         bar.message(&format!("skipped {entry}"));
     }
-    let entries = scan.images;
+    let found = scan.images.len();
+    let shard = args.shard.unwrap_or(Shard::ALL);
+    let entries: Vec<_> = scan
+        .images
+        .into_iter()
+        .filter(|e| shard.contains(&e.relative))
+        .collect();
     anyhow::ensure!(
-        !entries.is_empty(),
+        found > 0,
         "no images (JPEG, PNG, BMP, GIF, WebP, TIFF) found under {}",
         args.dir.display()
     );
+    if args.shard.is_some() {
+        eprintln!(
+            "shard {shard}: {} of the {found} images under {}",
+            entries.len(),
+            args.dir.display()
+        );
+    }
     let paths: Vec<PathBuf> = entries.iter().map(|e| e.path.clone()).collect();
-    let dim = id.spec().feature_dim;
     let options = ExtractOptions {
         batch_size: args.batch_size,
         ..ExtractOptions::default()
     };
-    let (rows, processed, seconds, skipped): (Vec<(usize, Vec<f32>)>, usize, f64, usize) =
-        if args.no_cache {
-            let mut rows = Vec::with_capacity(paths.len());
-            let report = extract(&backbone, &paths, options, &bar, |out| {
-                rows.push((out.index, out.features.to_vec()));
-                Ok(())
-            })?;
-            (
-                rows,
-                report.processed,
-                report.elapsed.as_secs_f64(),
-                report.skipped.len(),
-            )
-        } else {
-            let cache = FeatureCache::open(
-                &args
-                    .bottleneck_dir
-                    .clone()
-                    .unwrap_or_else(default_bottleneck_dir),
-            )?;
-            let cached = cached_features(&backbone, &cache, &paths, options, &bar)?;
-            if cached.hits > 0 {
-                eprintln!(
-                    "{} of {} images came from the feature cache",
-                    cached.hits,
-                    paths.len()
-                );
-            }
-            let rows = cached
-                .features
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, f)| f.map(|f| (i, f)))
-                .collect();
-            (
-                rows,
-                cached.extracted,
-                cached.extraction_seconds,
-                cached.skipped.len(),
-            )
-        };
-    let file = FeaturesFile {
-        backbone: id,
-        weights_sha256: backbone.weights_sha256.clone(),
-        paths: rows
-            .iter()
-            .map(|(i, _)| entries[*i].relative.clone())
-            .collect(),
-        dim,
-        features: rows.into_iter().flat_map(|(_, f)| f).collect(),
+    let cache = if args.no_cache {
+        None
+    } else {
+        Some(FeatureCache::open(
+            &args
+                .bottleneck_dir
+                .clone()
+                .unwrap_or_else(default_bottleneck_dir),
+        )?)
     };
-    file.save(&args.output)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    let chunk = graft::features::parquet::ROW_GROUP_ROWS;
+    let (report, rows) = if parquet {
+        let mut writer = FeaturesWriter::create(&args.output, id, &backbone.weights_sha256)?;
+        let report = features_in_chunks(
+            &backbone,
+            cache.as_ref(),
+            &paths,
+            options,
+            chunk,
+            &bar,
+            |i, hash, features| writer.push(&entries[i].relative, hash, features),
+        )?;
+        let rows = writer.rows();
+        writer
+            .finish()
+            .with_context(|| format!("writing {}", args.output.display()))?;
+        (report, rows)
+    } else {
+        let mut file = FeaturesFile {
+            backbone: id,
+            weights_sha256: backbone.weights_sha256.clone(),
+            paths: Vec::new(),
+            dim: id.spec().feature_dim,
+            features: Vec::new(),
+        };
+        let report = features_in_chunks(
+            &backbone,
+            cache.as_ref(),
+            &paths,
+            options,
+            chunk,
+            &bar,
+            |i, _hash, features| {
+                file.paths.push(entries[i].relative.clone());
+                file.features.extend_from_slice(features);
+                Ok(())
+            },
+        )?;
+        file.save(&args.output)
+            .with_context(|| format!("writing {}", args.output.display()))?;
+        (report, file.paths.len())
+    };
+    if report.hits > 0 {
+        eprintln!(
+            "{} of {} images came from the feature cache",
+            report.hits,
+            paths.len()
+        );
+    }
+    let seconds = report.extraction_seconds;
     println!(
         "extracted {} images with {} on {} (batch {}) in {:.1}s: {:.2} images/s; wrote {} ({} rows)",
-        processed,
+        report.extracted,
         id,
         backbone.engine(),
         options.batch_for(&backbone),
         seconds,
-        processed as f64 / seconds.max(1e-9),
+        report.extracted as f64 / seconds.max(1e-9),
         args.output.display(),
-        file.paths.len()
+        rows
     );
-    Ok(match skipped + scan.skipped.len() {
+    Ok(match report.skipped.len() + scan.skipped.len() {
         0 => Outcome::Done,
         n => Outcome::Skipped(n as u64),
     })

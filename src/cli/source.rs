@@ -7,7 +7,6 @@ use graft::retrain::ImageSource;
 #[derive(clap::Args)]
 pub struct SourceArgs {
     /// Folder with one sub-folder of images per class (nested trees work).
-    #[arg(required_unless_present = "labels")]
     image_dir: Option<PathBuf>,
     /// CSV of labelled images instead of class folders, with a header line: `path,label`
     /// or `image_id,label` (an id without extension names `<id>.<ext>`).
@@ -38,7 +37,25 @@ impl SourceArgs {
                 graft::retrain::require_exists(dir, "this image folder")?;
                 ImageSource::Folders(dir.clone())
             }
-            (None, None) => anyhow::bail!("pass an image folder or --labels FILE.csv"),
+            // Checked here, not by clap, so `train --features` can stand in for both.
+            (None, None) => super::values::refuse(
+                "pass an image folder or --labels FILE.csv (train also takes --features)".into(),
+            ),
         })
+    }
+
+    /// The image folder, if one was given.
+    pub fn image_dir(&self) -> Option<&PathBuf> {
+        self.image_dir.as_ref()
+    }
+
+    /// The labels CSV, if one was given.
+    pub fn labels(&self) -> Option<&PathBuf> {
+        self.labels.as_ref()
+    }
+
+    /// `--images`, if given.
+    pub fn images(&self) -> Option<&PathBuf> {
+        self.images.as_ref()
     }
 }

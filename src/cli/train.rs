@@ -10,7 +10,8 @@ use graft::head::{Optimizer, TrainConfig, TrainEvent};
 use graft::image::distort::Distortions;
 use graft::progress::Progress;
 use graft::retrain::{
-    default_bottleneck_dir, retrain, DistortionMode, FineTuneOptions, RetrainEvent, RetrainOptions,
+    default_bottleneck_dir, retrain, retrain_from_features, DistortionMode, FeatureSource,
+    FineTuneOptions, RetrainEvent, RetrainOptions,
 };
 
 use super::render::Bar;
@@ -22,9 +23,16 @@ use super::Outcome;
 pub struct Args {
     #[command(flatten)]
     source: SourceArgs,
-    /// Backbone network.
-    #[arg(long, default_value_t = BackboneId::DEFAULT.name().to_string())]
-    backbone: String,
+    /// Train from precomputed features instead of images: Parquet files written by
+    /// `graft extract --output x.parquet` (or the Ray extractor), as paths or quoted glob
+    /// patterns ('part-*.parquet'). Labels come from the paths' class folders, or from
+    /// --labels (path,label); the split and the head are those training on the folder gives.
+    #[arg(long, num_args = 1.., value_name = "PARQUET")]
+    features: Vec<String>,
+    /// Backbone network (default: efficientnet-lite2; with --features, the one the
+    /// features were extracted with).
+    #[arg(long)]
+    backbone: Option<String>,
     /// Where to write the trained model (a folder).
     #[arg(long, short, default_value = "graft-model")]
     output: PathBuf,
@@ -140,6 +148,64 @@ pub struct Args {
     dropout: f64,
 }
 
+/// `--features`, its patterns expanded, after refusing the flags that need images.
+fn feature_source(args: &Args) -> anyhow::Result<Option<FeatureSource>> {
+    if args.features.is_empty() {
+        return Ok(None);
+    }
+    let needs_images = [
+        (args.source.image_dir().is_some(), "an image folder"),
+        (args.source.images().is_some(), "--images"),
+        (args.flip_left_right, "--flip-left-right"),
+        (args.random_crop > 0.0, "--random-crop"),
+        (args.random_scale > 0.0, "--random-scale"),
+        (args.random_brightness > 0.0, "--random-brightness"),
+        (args.batch_size.is_some(), "--batch-size"),
+    ];
+    for (given, what) in needs_images {
+        if given {
+            values::refuse(format!(
+                "--features trains from precomputed features, so {what} cannot be used with \
+                 it (distortions and the backbone's batches need the images): drop {what}, or \
+                 train from the image folder instead of --features"
+            ));
+        }
+    }
+    let mut parts: Vec<PathBuf> = Vec::new();
+    for pattern in &args.features {
+        if pattern.contains(['*', '?', '[']) {
+            let matches = glob::glob(pattern).map_err(|e| {
+                anyhow::anyhow!("--features {pattern:?} is not a valid pattern: {e}")
+            })?;
+            let mut found: Vec<PathBuf> = Vec::new();
+            for m in matches {
+                found.push(m.map_err(|e| anyhow::anyhow!("--features {pattern:?}: {e}"))?);
+            }
+            anyhow::ensure!(
+                !found.is_empty(),
+                "--features {pattern:?} matches no file; check the pattern and the folder"
+            );
+            found.sort();
+            parts.extend(found);
+        } else {
+            graft::retrain::require_exists(std::path::Path::new(pattern), "this --features file")?;
+            parts.push(PathBuf::from(pattern));
+        }
+    }
+    // A part named twice (a path and a pattern) is one part, not a duplicate of itself.
+    let mut seen = std::collections::HashSet::new();
+    parts.retain(|p| seen.insert(graft::output::resolve(p)));
+    let backbone = match &args.backbone {
+        Some(name) => Some(name.parse()?),
+        None => None,
+    };
+    Ok(Some(FeatureSource {
+        parts,
+        labels: args.source.labels().cloned(),
+        backbone,
+    }))
+}
+
 fn percent(v: f32) -> String {
     format!("{:.1}%", v * 100.0)
 }
@@ -152,9 +218,25 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             args.validation_percentage, args.testing_percentage
         ));
     }
-    let backbone: BackboneId = args.backbone.parse()?;
+    let features = feature_source(&args)?;
+    let source = match &features {
+        Some(_) => graft::retrain::ImageSource::Folders(PathBuf::new()),
+        None => args.source.source()?,
+    };
+    let backbone: BackboneId = match &args.backbone {
+        Some(name) => name.parse()?,
+        None => features
+            .as_ref()
+            .and_then(|f| f.backbone)
+            .unwrap_or(BackboneId::DEFAULT),
+    };
     let fine_tune = match args.fine_tune {
         None => None,
+        Some(_) if features.is_some() => values::refuse(
+            "--fine-tune trains the backbone on the images, and --features gives none: train \
+             from the image folder to fine-tune, or leave out --fine-tune"
+                .to_string(),
+        ),
         Some(blocks) => {
             if args.distortion_mode == DistortionMode::Online {
                 values::refuse(
@@ -201,7 +283,6 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             })
         }
     };
-    let source = args.source.source()?;
     let intermediate_dir = args.intermediate_output_dir.clone().unwrap_or_else(|| {
         let mut name = args.output.file_name().unwrap_or_default().to_os_string();
         name.push("-intermediate");
@@ -250,7 +331,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let bar = Bar::new();
     let mut training_started = false;
     let mut last_step = 0usize;
-    let outcome = retrain(&options, &bar, |event| match event {
+    let on_event = |event: RetrainEvent<'_>| match event {
         RetrainEvent::Warning(w) => bar.message(&format!("warning: {w}")),
         RetrainEvent::Features {
             what,
@@ -313,7 +394,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         RetrainEvent::Training(TrainEvent::Intermediate { step }) => {
             bar.message(&format!("step {step}: saved an intermediate model"));
         }
-    })?;
+    };
+    let outcome = match &features {
+        Some(features) => retrain_from_features(&options, features, &bar, on_event)?,
+        None => retrain(&options, &bar, on_event)?,
+    };
     bar.finish();
 
     let sizes = &outcome.split_sizes;

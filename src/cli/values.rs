@@ -137,6 +137,11 @@ pub fn count_or_all(text: &str) -> Result<i64, String> {
 
 /// Refuses a combination of flags that each parsed fine, the way clap refuses a bad
 /// value: the message on stderr, exit code 2.
+/// `extract --shard I/N`.
+pub fn shard(text: &str) -> Result<graft::dataset::shard::Shard, String> {
+    text.parse().map_err(|e: graft::error::Error| e.to_string())
+}
+
 pub fn refuse(message: String) -> ! {
     use clap::CommandFactory;
     super::Cli::command()

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::organize::{read_labels_csv, LabelsCsv};
-use super::scan::{relative_slash_path, scan_images, SkippedEntry};
+use super::scan::{relative_slash_path, scan_images, ImageEntry, SkippedEntry};
 use crate::error::{Error, Result};
 use crate::image::{is_supported_image, SUPPORTED_EXTENSIONS};
 
@@ -85,7 +85,16 @@ impl Dataset {
     /// is listed under; how links are walked is [`scan_images`]'s rule.
     pub fn from_class_folders(root: &Path) -> Result<Dataset> {
         let scan = scan_images(root)?;
-        let entries = scan.images;
+        let mut dataset = Dataset::labelled_by_folder(root, scan.images)?;
+        dataset.skipped = scan.skipped;
+        dataset.scan_warnings = scan.warnings;
+        Ok(dataset)
+    }
+
+    /// The class-folder rule of [`Dataset::from_class_folders`] applied to a listing
+    /// (sorted by relative path) made elsewhere, such as the `path` column of Parquet
+    /// features: `root` only names the source in messages.
+    pub fn labelled_by_folder(root: &Path, entries: Vec<ImageEntry>) -> Result<Dataset> {
         // class name -> folder (relative) that defines it
         let mut folders: BTreeMap<String, String> = BTreeMap::new();
         let mut per_image = Vec::with_capacity(entries.len());
@@ -122,8 +131,6 @@ impl Dataset {
             .collect();
         let mut dataset = Dataset::new(root, classes, images)?;
         dataset.class_paths = class_paths;
-        dataset.skipped = scan.skipped;
-        dataset.scan_warnings = scan.warnings;
         Ok(dataset)
     }
 

@@ -3,6 +3,7 @@
 pub mod classes;
 pub mod organize;
 pub mod scan;
+pub mod shard;
 pub mod split;
 pub mod stats;
 

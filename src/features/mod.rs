@@ -4,5 +4,7 @@ pub mod cache;
 pub mod cached;
 pub mod extract;
 pub mod file;
+pub mod parquet;
+pub mod stream;
 
 pub use extract::{extract, extract_views, ExtractOptions, ExtractReport, Job, Skipped};
