@@ -168,6 +168,58 @@ fn shared() -> &'static Shared {
     })
 }
 
+/// The DOM of `page` after headless Chromium (offline, fresh profile) ran its scripts,
+/// failing unless they finished without error. $GRAFT_CHROMIUM, else `chromium`.
+fn rendered_in_chromium(page: &Path) -> String {
+    let browser = std::env::var_os("GRAFT_CHROMIUM").unwrap_or_else(|| "chromium".into());
+    let profile = tempfile::tempdir().unwrap();
+    let mut user_data = std::ffi::OsString::from("--user-data-dir=");
+    user_data.push(profile.path());
+    let out = Command::new(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+        ])
+        .arg(user_data)
+        .arg(page)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {browser:?} for the browser check of report.html ({e}): install \
+                 Debian's chromium (`apt-get install chromium`) or set GRAFT_CHROMIUM"
+            )
+        });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chromium failed:\n{stderr}");
+    for line in stderr.lines() {
+        assert!(
+            !line.contains("Uncaught") && !line.contains(":CONSOLE"),
+            "the page logged to the console: {line}"
+        );
+    }
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    let root = &dom[dom.find("<html").expect("an <html> element")..];
+    let root = &root[..root.find('>').unwrap_or(0)];
+    assert!(
+        root.contains("data-report-ready=\"yes\"") && !root.contains("data-js-error"),
+        "the page's script did not finish cleanly: {root}"
+    );
+    dom
+}
+
+/// The shared model's feature cache takes an exclusive lock: its users take turns.
+fn cache_turn() -> std::sync::MutexGuard<'static, ()> {
+    static CACHE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    CACHE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -204,6 +256,7 @@ fn the_bundle_knows_the_tree_its_temperature_and_default_threshold() {
 fn evaluate_scores_every_level_and_writes_predictions_a_script_can_check() {
     let f = shared();
     let out = f.dir.path().join("eval-levels");
+    let turn = cache_turn();
     let run = graft(
         f.dir.path(),
         &[
@@ -217,6 +270,7 @@ fn evaluate_scores_every_level_and_writes_predictions_a_script_can_check() {
         ],
     )
     .ok();
+    drop(turn);
     assert!(
         run.stdout.contains("level 1 (2 groups): top-1 accuracy"),
         "{}",
@@ -272,7 +326,7 @@ fn evaluate_scores_every_level_and_writes_predictions_a_script_can_check() {
     assert!(c["ece_calibrated"].as_f64().unwrap() >= 0.0);
     assert_eq!(c["reliability_calibrated"].as_array().unwrap().len(), 15);
     assert_eq!(metrics["rejection"]["table"].as_array().unwrap().len(), 9);
-    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let html = rendered_in_chromium(&out.join("report.html"));
     for id in [
         "id=\"levels-table\"",
         "id=\"level-heatmap-1\"",
@@ -413,6 +467,7 @@ fn a_labels_csv_that_puts_a_class_at_two_paths_names_both_lines() {
 fn open_set_holds_classes_out_and_scores_their_rejection() {
     let f = shared();
     let out = f.dir.path().join("eval-open");
+    let _turn = cache_turn();
     let base = [
         "evaluate",
         s(&f.model),
