@@ -14,6 +14,8 @@
 //! - [`engine`]: running a network: the burn interpreter and its kernels, onnxruntime,
 //!   ONNX writing, and [`engine::Backbone`], a network with its weights on an engine.
 //! - [`features`]: batch feature extraction.
+//! - [`finetune`]: the cut of a backbone, its trainable top on burn autodiff, and what a
+//!   fine-tuned bundle records.
 
 pub mod backbone;
 pub mod bundle;
