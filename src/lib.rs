@@ -15,6 +15,8 @@
 //!   ONNX writing, and [`engine::Backbone`], a network with its weights on an engine.
 //! - [`features`]: batch feature extraction.
 //! - [`export`]: a trained model as one ONNX classifier, and as an offline web page.
+//! - [`finetune`]: the cut of a backbone, its trainable top on burn autodiff, and what a
+//!   fine-tuned bundle records.
 
 pub mod backbone;
 pub mod bundle;

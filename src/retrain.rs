@@ -126,7 +126,7 @@ pub enum RetrainEvent<'a> {
         seconds: f64,
     },
     Training(&'a TrainEvent),
-    /// Fine-tuning begins: `steps` epochs.
+    /// Fine-tuning begins: `epochs` epochs.
     FineTuneStart {
         epochs: usize,
     },
