@@ -16,9 +16,9 @@ use crate::error::{Error, Result};
 use crate::features::cache::FeatureCache;
 use crate::features::cached::{cached_features, cached_views, ViewRequest};
 use crate::features::{extract_views, ExtractOptions, Job, Skipped};
-use crate::head::calibrate;
 use crate::finetune::train::{fine_tune, CutData, EpochEvent, FineTuneConfig};
 use crate::finetune::{Cut, FineTune};
+use crate::head::calibrate;
 use crate::head::train::{score, CachedVariants, Originals, TrainFeatures};
 use crate::head::{train_head, HeadWeights, SplitData, TrainConfig, TrainEvent};
 use crate::image::distort::Distortions;
@@ -208,6 +208,7 @@ pub fn retrain(
         weights_sha256: backbone.weights_sha256.clone(),
         images: Some(ImageInputs {
             backbone: &backbone,
+            cut,
             cache: &cache,
             paths,
             hashes: cached.hashes,
@@ -337,6 +338,8 @@ struct TrainInputs<'a> {
 
 struct ImageInputs<'a> {
     backbone: &'a Backbone,
+    /// Where the backbone is cut for `--fine-tune`.
+    cut: Option<Cut>,
     cache: &'a FeatureCache,
     /// Path of each dataset image.
     paths: Vec<PathBuf>,
@@ -587,15 +590,28 @@ fn train_on(
     let mut validation = validation;
     let mut tuned = None;
     let mut test = test;
-    if let (Some(ft), Some(cut)) = (&options.fine_tune, &cut) {
+    let fine_tuning = match (&options.fine_tune, &images) {
+        (
+            Some(ft),
+            Some(ImageInputs {
+                backbone,
+                cache,
+                paths,
+                hashes,
+                cut: Some(cut),
+            }),
+        ) => Some((ft, *backbone, *cache, paths, hashes, cut)),
+        _ => None,
+    };
+    if let Some((ft, backbone, cache, paths, hashes, cut)) = fine_tuning {
         let stage = FineTuneStage {
             options,
             ft,
             cut,
-            backbone: &backbone,
-            cache: &cache,
-            paths: &paths,
-            hashes: &cached.hashes,
+            backbone,
+            cache,
+            paths,
+            hashes,
         };
         let done = stage.run(
             &head,

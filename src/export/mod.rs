@@ -8,8 +8,6 @@
 
 pub mod web;
 
-use std::path::Path;
-
 use serde_json::json;
 
 use crate::backbone::graph::{Graph, Node, Op, Shape};
@@ -117,8 +115,7 @@ pub fn classifier_onnx(
     let m = &bundle.manifest;
     let (tensors, _, _, origin) = bundle.backbone_weights(progress)?;
     let temperature = bundle.manifest.temperature;
-    let (folded, folded_tensors) =
-        crate::engine::folded_graph(m.backbone, &tensors, &origin)?;
+    let (folded, folded_tensors) = crate::engine::folded_graph(m.backbone, &tensors, &origin)?;
     let (graph, tensors) = classifier_graph(&folded, &folded_tensors, &bundle.head)?;
     let backbone_model = onnx::export(&graph, &tensors)?;
     let labels = serde_json::to_string(&m.labels).map_err(|e| Error::Invalid(e.to_string()))?;
