@@ -27,6 +27,8 @@ pub struct EvaluateOptions {
     pub output_dir: PathBuf,
     /// Where the HTML report goes (default: `<output_dir>/report.html`).
     pub report: Option<PathBuf>,
+    /// Engine and precision of the backbone.
+    pub backbone: crate::features::calibration::BackboneOptions,
 }
 
 pub struct EvaluateResult {
@@ -70,7 +72,7 @@ pub fn evaluate_bundle(
     progress: &dyn Progress,
 ) -> Result<EvaluateResult> {
     let started = std::time::Instant::now();
-    let predictor = Predictor::load(&options.bundle, progress)?;
+    let predictor = Predictor::load_with(&options.bundle, &options.backbone, progress)?;
     let labels = &predictor.bundle.manifest.labels;
     let dataset = options.source.load()?;
     check_outputs(options, &dataset.root)?;

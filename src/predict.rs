@@ -9,6 +9,7 @@ use crate::bundle::Bundle;
 use crate::dataset::{scan_images, SkippedEntry};
 use crate::engine::Backbone;
 use crate::error::{Error, Result};
+use crate::features::calibration::{load_backbone, BackboneOptions};
 use crate::features::{extract_views, ExtractOptions, Job, Skipped};
 use crate::image::distort::View;
 use crate::progress::Progress;
@@ -79,9 +80,30 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Inputs> {
 impl Predictor {
     /// Loads the bundle and the backbone it was trained on, refusing a mismatch.
     pub fn load(bundle_dir: &Path, progress: &dyn Progress) -> Result<Predictor> {
+        Predictor::load_with(bundle_dir, &BackboneOptions::default(), progress)
+    }
+
+    /// [`Predictor::load`] with the backbone run as `options` ask; int8 calibrates on the
+    /// folder the bundle was trained from unless `options` name another.
+    pub fn load_with(
+        bundle_dir: &Path,
+        options: &BackboneOptions,
+        progress: &dyn Progress,
+    ) -> Result<Predictor> {
         let bundle = Bundle::load(bundle_dir)?;
         bundle.check_manifest(bundle_dir)?;
-        let backbone = Backbone::load(bundle.manifest.backbone, progress)?;
+        let trained_on = bundle
+            .manifest
+            .training
+            .get("image_dir")
+            .and_then(|v| v.as_str())
+            .map(PathBuf::from);
+        let backbone = load_backbone(
+            bundle.manifest.backbone,
+            options,
+            trained_on.as_deref(),
+            progress,
+        )?;
         bundle.check_backbone(&backbone)?;
         Ok(Predictor { bundle, backbone })
     }

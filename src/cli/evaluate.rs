@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use graft::evaluate::{evaluate_bundle, EvaluateOptions};
 use graft::retrain::default_bottleneck_dir;
 
+use super::precision::PrecisionArgs;
 use super::render::Bar;
 use super::source::SourceArgs;
 use super::values;
@@ -42,6 +43,8 @@ pub struct Args {
     /// up to 10: original, mirror, four 90% corner crops and their mirrors).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = values::tta)]
     tta: usize,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -58,6 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         tta: args.tta,
         output_dir: args.output_dir.clone(),
         report: args.report.clone(),
+        backbone: args.precision.options(graft::engine::EngineChoice::Auto),
     };
     let result = evaluate_bundle(&options, &bar)?;
     let e = &result.evaluation;

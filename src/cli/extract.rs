@@ -6,14 +6,16 @@ use anyhow::Context;
 
 use graft::backbone::BackboneId;
 use graft::dataset::scan_images;
-use graft::engine::{Backbone, EngineChoice};
+use graft::engine::EngineChoice;
 use graft::features::cache::FeatureCache;
 use graft::features::cached::cached_features;
+use graft::features::calibration::load_backbone;
 use graft::features::file::FeaturesFile;
 use graft::features::{extract, ExtractOptions};
 use graft::progress::Progress;
 use graft::retrain::default_bottleneck_dir;
 
+use super::precision::PrecisionArgs;
 use super::render::Bar;
 use super::values;
 use super::Outcome;
@@ -42,13 +44,15 @@ pub struct Args {
     /// burn (pure Rust) or onnxruntime (fetched with pip on first use, or $ORT_DYLIB_PATH).
     #[arg(long, default_value = "auto")]
     engine: EngineChoice,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let id: BackboneId = args.backbone.parse()?;
     graft::output::check_file(&args.output, graft::output::File::Safetensors, "--output")?;
     let bar = Bar::new();
-    let backbone = Backbone::load_with(id, args.engine, &bar)?;
+    let backbone = load_backbone(id, &args.precision.options(args.engine), None, &bar)?;
     let scan = scan_images(&args.dir)?;
     for warning in &scan.warnings {
         bar.message(&format!("warning: {warning}"));
@@ -124,7 +128,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     println!(
         "extracted {} images with {} on {} (batch {}) in {:.1}s: {:.2} images/s; wrote {} ({} rows)",
         processed,
-        id,
+        match backbone.precision() {
+            graft::engine::Precision::Fp32 => id.to_string(),
+            int8 => format!("{id} {int8}"),
+        },
         backbone.engine(),
         options.batch_for(&backbone),
         seconds,

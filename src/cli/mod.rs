@@ -13,6 +13,7 @@ mod extract;
 mod imagenet;
 mod models;
 mod organize;
+mod precision;
 mod predict;
 mod render;
 mod serve;

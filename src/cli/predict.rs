@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use graft::engine::EngineChoice;
 use graft::features::ExtractOptions;
 use graft::predict::{duplicate_ids, expand_inputs, Prediction, Predictor};
 use graft::progress::Progress;
 
+use super::precision::PrecisionArgs;
 use super::render::Bar;
 use super::values;
 use super::Outcome;
@@ -45,6 +47,8 @@ pub struct Args {
     /// up to 10: original, mirror, four 90% corner crops and their mirrors).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = values::tta)]
     tta: usize,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 fn render(predictions: &[Prediction], format: Format, top_k: usize) -> anyhow::Result<Vec<u8>> {
@@ -93,7 +97,11 @@ fn render(predictions: &[Prediction], format: Format, top_k: usize) -> anyhow::R
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let bar = Bar::new();
-    let predictor = Predictor::load(&args.bundle, &bar)?;
+    let predictor = Predictor::load_with(
+        &args.bundle,
+        &args.precision.options(EngineChoice::Auto),
+        &bar,
+    )?;
     let inputs = expand_inputs(&args.paths)?;
     for warning in &inputs.warnings {
         bar.message(&format!("warning: {warning}"));

@@ -10,6 +10,7 @@ use graft::image::DecodeLimits;
 use graft::predict::Predictor;
 use graft::serve::{BatchOptions, ConnectionLimits, Limits, Options};
 
+use super::precision::PrecisionArgs;
 use super::render::Bar;
 use super::values;
 use super::Outcome;
@@ -53,10 +54,13 @@ pub struct Args {
     /// above those is refused (413).
     #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     decode_budget_mpx: u32,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let predictor = Predictor::load(&args.bundle, &Bar::new())
+    let backbone = args.precision.options(graft::engine::EngineChoice::Auto);
+    let predictor = Predictor::load_with(&args.bundle, &backbone, &Bar::new())
         .with_context(|| format!("loading the model {}", args.bundle.display()))?;
     let options = Options {
         addr: args.addr,

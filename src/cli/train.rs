@@ -101,6 +101,8 @@ pub struct Args {
     /// forward passes of those 1000 online steps (docs/accuracy.md, "Distortions").
     #[arg(long, default_value_t = 16, value_name = "K")]
     distorted_variants: usize,
+    #[command(flatten)]
+    precision: super::precision::PrecisionArgs,
 }
 
 fn percent(v: f32) -> String {
@@ -148,6 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         summaries_dir: args.summaries_dir.clone(),
         output: args.output.clone(),
         intermediate_store_frequency: args.intermediate_store_frequency,
+        backbone_run: args.precision.options(graft::engine::EngineChoice::Auto),
         intermediate_dir,
         distortions: Distortions {
             flip_left_right: args.flip_left_right,

@@ -38,6 +38,17 @@ pub struct ModelFingerprint {
 
 impl ModelFingerprint {
     pub fn new(backbone: BackboneId, weights_sha256: &str) -> ModelFingerprint {
+        ModelFingerprint::with_precision(backbone, weights_sha256, "")
+    }
+
+    /// [`ModelFingerprint::new`] of a backbone that runs in a reduced precision, told by
+    /// `precision_tag` (the quantized model's key; empty for fp32, whose keys stay as
+    /// they were).
+    pub fn with_precision(
+        backbone: BackboneId,
+        weights_sha256: &str,
+        precision_tag: &str,
+    ) -> ModelFingerprint {
         let preprocess = serde_json::to_string(&backbone.spec().preprocess).unwrap_or_default();
         let mut h = Sha256::new();
         for part in [
@@ -51,6 +62,10 @@ impl ModelFingerprint {
         ] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
+        }
+        if !precision_tag.is_empty() {
+            h.update((precision_tag.len() as u64).to_le_bytes());
+            h.update(precision_tag.as_bytes());
         }
         ModelFingerprint {
             digest: h.finalize().into(),
@@ -742,5 +757,10 @@ mod tests {
         assert_ne!(a.key(&img, ""), a.key(&img, "flip"));
         assert_ne!(a.key(&img, ""), a.key(&[2u8; 32], ""));
         assert_eq!(a.key(&img, ""), a.key(&img, ""));
+        // int8 features are another model's: their own keys; fp32 keys are unchanged.
+        let int8 = ModelFingerprint::with_precision(BackboneId::EfficientNetLite0, "w1", "int8:k");
+        let fp32 = ModelFingerprint::with_precision(BackboneId::EfficientNetLite0, "w1", "");
+        assert_ne!(a.key(&img, ""), int8.key(&img, ""));
+        assert_eq!(a.key(&img, ""), fp32.key(&img, ""));
     }
 }

@@ -122,7 +122,11 @@ pub fn cached_views(
     stage: &str,
     progress: &dyn Progress,
 ) -> Result<CachedViews> {
-    let fingerprint = ModelFingerprint::new(backbone.id, &backbone.weights_sha256);
+    let fingerprint = ModelFingerprint::with_precision(
+        backbone.id,
+        &backbone.weights_sha256,
+        backbone.precision_tag(),
+    );
     let mut out = CachedViews {
         features: vec![None; requests.len()],
         ..Default::default()
