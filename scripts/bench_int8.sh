@@ -66,7 +66,7 @@ PY
 done
 
 top1() { # top1 BUNDLE PRECISION: top-1 on val/ in percent
-    "$graft" evaluate "$1" --image-dir "$data/val" --precision "$2" "${calib[@]}" --format json \
+    "$graft" evaluate "$1" "$data/val" --precision "$2" "${calib[@]}" --format json \
         --output-dir "$work/evaluation" --bottleneck-dir "$work/bottlenecks" 2>"$work/stderr.txt" |
         python3 -c 'import json,sys; print(f"{100 * json.load(sys.stdin)["top1_accuracy"]:.2f}")' ||
         { cat "$work/stderr.txt" >&2; exit 1; }
@@ -80,7 +80,7 @@ fi
 for b in "${accuracy[@]}"; do
     for p in fp32 int8; do
         rm -rf "$work/$b-$p-model"
-        "$graft" train --image-dir "$data/train" --backbone "$b" --precision "$p" "${calib[@]}" \
+        "$graft" train "$data/train" --backbone "$b" --precision "$p" "${calib[@]}" \
             --bottleneck-dir "$work/bottlenecks" --output "$work/$b-$p-model" >"$work/train-$b-$p.txt" 2>&1 ||
             { cat "$work/train-$b-$p.txt" >&2; exit 1; }
     done

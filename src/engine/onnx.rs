@@ -263,7 +263,7 @@ impl Writer<'_> {
 
     /// `value` through `QuantizeLinear` and `DequantizeLinear` into `{value}_dq`.
     fn fake_quantize(&mut self, value: &str, q: ActivationScale) {
-        let (scale, zero) = (format!("{value}_scale"), format!("{value}_zero_point"));
+        let (scale, zero) = (format!("{value}_q_scale"), format!("{value}_q_zero_point"));
         self.initializer(&scale, &[], &[q.scale]);
         self.graph
             .message(5, &raw_tensor(&zero, &[], UINT8, &[q.zero_point]));

@@ -228,13 +228,19 @@ pub fn calibrate(
             "int8 calibration needs at least one image; none could be decoded".into(),
         ));
     }
-    Ok(Qdq {
-        activations: ranges
-            .iter()
-            .zip(&quantized)
-            .map(|(range, q)| q.then(|| activation_scale(range.min as f32, range.max as f32)))
-            .collect(),
-    })
+    let mut activations: Vec<Option<ActivationScale>> = ranges
+        .iter()
+        .zip(&quantized)
+        .map(|(range, q)| q.then(|| activation_scale(range.min as f32, range.max as f32)))
+        .collect();
+    // Max pooling picks values of its input: with the input's scale, onnxruntime runs it
+    // on the integers directly instead of dequantizing around it.
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if let Op::MaxPool { input, .. } = node.op {
+            activations[i] = activations[input.0];
+        }
+    }
+    Ok(Qdq { activations })
 }
 
 /// The QDQ-quantized ONNX model of the folded `graph` with `tensors`, calibrated on
