@@ -17,6 +17,9 @@ use crate::backbone::{BackboneId, Preprocess};
 use crate::engine::Backbone;
 use crate::error::{Error, Result};
 use crate::head::HeadWeights;
+use crate::progress::Progress;
+use crate::weights::LoadedWeights;
+use sha2::{Digest, Sha256};
 
 pub const FORMAT_VERSION: u32 = 1;
 const MANIFEST: &str = "manifest.json";
@@ -163,6 +166,17 @@ pub struct Manifest {
     pub split_sizes: SplitSizes,
     /// Final metrics (`test_accuracy`, `validation_accuracy`, ...).
     pub metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Manifest {
+    /// The folder the head was trained from, as `graft train` records it: where int8
+    /// calibration images come from by default.
+    pub fn training_image_dir(&self) -> Option<PathBuf> {
+        self.training
+            .get("image_dir")
+            .and_then(|v| v.as_str())
+            .map(PathBuf::from)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -429,6 +443,37 @@ impl Bundle {
             ));
         }
         Ok(())
+    }
+
+    /// The backbone weights this bundle's head was trained on, installed (fetched first
+    /// where graft can) and checked against the manifest's checksum. Everything that
+    /// builds the bundle's backbone (predict, serve, evaluate, export) takes them here.
+    pub fn backbone_weights(&self, progress: &dyn Progress) -> Result<LoadedWeights> {
+        let m = &self.manifest;
+        let loaded = crate::weights::ensure(m.backbone, progress)?;
+        if loaded.source_sha256 != m.weights_sha256 {
+            return Err(Error::Invalid(format!(
+                "this model was trained on {} with weights {} but the installed weights are {}; \
+                 install the same weights (graft models fetch {}) or retrain",
+                m.backbone, m.weights_sha256, loaded.source_sha256, m.backbone
+            )));
+        }
+        Ok(loaded)
+    }
+
+    /// SHA-256 of the head's weight then bias values as little-endian f32.
+    pub fn head_sha256(&self) -> String {
+        let mut hasher = Sha256::new();
+        for value in self.head.weight.iter().chain(&self.head.bias) {
+            hasher.update(value.to_le_bytes());
+        }
+        hex::encode(hasher.finalize())
+    }
+
+    /// `backbone-<first 12 hex digits of the head's SHA-256>`: what `serve` and exports
+    /// call this model; it changes whenever the head does.
+    pub fn model_id(&self) -> String {
+        format!("{}-{}", self.manifest.backbone, &self.head_sha256()[..12])
     }
 
     /// Refuses a backbone other than the one the head was trained on, saying what differs.

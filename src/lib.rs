@@ -14,6 +14,7 @@
 //! - [`engine`]: running a network: the burn interpreter and its kernels, onnxruntime,
 //!   ONNX writing, and [`engine::Backbone`], a network with its weights on an engine.
 //! - [`features`]: batch feature extraction.
+//! - [`export`]: a trained model as one ONNX classifier, and as an offline web page.
 
 pub mod backbone;
 pub mod bundle;
@@ -21,6 +22,7 @@ pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod evaluate;
+pub mod export;
 pub mod features;
 pub mod fsx;
 pub mod head;

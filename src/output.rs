@@ -5,8 +5,8 @@
 //! graft recognises its own output by what it puts in it:
 //! - a model folder (`train --output`, the intermediate `step-N` folders) by its
 //!   `manifest.json`, and by holding nothing but the files a bundle is made of;
-//! - a folder in which graft replaces files of fixed names (`evaluate --output-dir`) by
-//!   the marker file [`MARKER`] it writes there first;
+//! - a folder in which graft replaces files of fixed names (`evaluate --output-dir`,
+//!   `export --format web --output`) by the marker file [`MARKER`] it writes there first;
 //! - a single file by graft's own metadata in it: the `format` entry of a features
 //!   file's safetensors metadata, an ONNX model's `producer_name`, the `Software` text
 //!   chunk of a PNG, the `generator` meta tag of an HTML report.
@@ -36,6 +36,8 @@ pub enum Folder {
     Bundle,
     /// `evaluate --output-dir`: files of fixed names are replaced.
     Evaluation,
+    /// `export --format web --output`: files of fixed names are replaced.
+    WebExport,
     /// Folders where graft only adds entries and replaces none: organize's and
     /// augment's class folders, TensorBoard summaries, the folder of intermediate
     /// bundles (each of which is a [`Folder::Bundle`]).
@@ -47,6 +49,7 @@ impl Folder {
         match self {
             Folder::Bundle => "model",
             Folder::Evaluation => "evaluation",
+            Folder::WebExport => "web-export",
             Folder::AppendOnly => "append-only",
         }
     }
@@ -55,6 +58,7 @@ impl Folder {
         match self {
             Folder::Bundle => "graft train",
             Folder::Evaluation => "graft evaluate",
+            Folder::WebExport => "graft export --format web",
             Folder::AppendOnly => "graft",
         }
     }
@@ -65,7 +69,7 @@ impl Folder {
 pub enum File {
     /// safetensors whose metadata `format` starts with `graft-` (`graft extract`).
     Safetensors,
-    /// ONNX with `producer_name` "graft" (`graft export-onnx`).
+    /// ONNX with `producer_name` "graft" (`graft export`, `graft export-onnx`).
     Onnx,
     /// PNG with a `Software: graft` text chunk (charts).
     Png,
@@ -77,7 +81,7 @@ impl File {
     fn what(self) -> &'static str {
         match self {
             File::Safetensors => "a features file written by `graft extract`",
-            File::Onnx => "an ONNX model written by `graft export-onnx`",
+            File::Onnx => "an ONNX model written by `graft export` or `graft export-onnx`",
             File::Png => "a chart graft drew",
             File::Html => "a report graft wrote",
         }
@@ -250,7 +254,7 @@ pub fn check_folder(dir: &Path, kind: Folder, flag: &str) -> Result<()> {
             None => Ok(()),
             Some(problem) => Err(refuse(problem)),
         },
-        Folder::Evaluation => {
+        Folder::Evaluation | Folder::WebExport => {
             let names = entry_names(dir)?;
             if names.is_empty() {
                 return Ok(());
@@ -275,7 +279,7 @@ pub fn check_folder(dir: &Path, kind: Folder, flag: &str) -> Result<()> {
 pub fn prepare_folder(dir: &Path, kind: Folder, flag: &str) -> Result<()> {
     check_folder(dir, kind, flag)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    if kind == Folder::Evaluation && read_marker(dir).is_none() {
+    if matches!(kind, Folder::Evaluation | Folder::WebExport) && read_marker(dir).is_none() {
         let marker = serde_json::json!({
             "kind": kind.kind(),
             "written_by": format!("{} {}", kind.command(), env!("CARGO_PKG_VERSION")),

@@ -92,14 +92,11 @@ impl Predictor {
     ) -> Result<Predictor> {
         let bundle = Bundle::load(bundle_dir)?;
         bundle.check_manifest(bundle_dir)?;
-        let trained_on = bundle
-            .manifest
-            .training
-            .get("image_dir")
-            .and_then(|v| v.as_str())
-            .map(PathBuf::from);
+        let trained_on = bundle.manifest.training_image_dir();
+        let weights = bundle.backbone_weights(progress)?;
         let backbone = load_backbone(
             bundle.manifest.backbone,
+            &weights,
             options,
             trained_on.as_deref(),
             progress,

@@ -132,8 +132,10 @@ pub fn retrain(
     for entry in &dataset.skipped {
         progress.message(&format!("skipped {entry}"));
     }
+    let weights = crate::weights::ensure(options.backbone, progress)?;
     let backbone = crate::features::calibration::load_backbone(
         options.backbone,
+        &weights,
         &options.backbone_run,
         Some(&dataset.root),
         progress,

@@ -52,7 +52,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let id: BackboneId = args.backbone.parse()?;
     graft::output::check_file(&args.output, graft::output::File::Safetensors, "--output")?;
     let bar = Bar::new();
-    let backbone = load_backbone(id, &args.precision.options(args.engine), None, &bar)?;
+    let weights = graft::weights::ensure(id, &bar)?;
+    let backbone = load_backbone(
+        id,
+        &weights,
+        &args.precision.options(args.engine),
+        None,
+        &bar,
+    )?;
     let scan = scan_images(&args.dir)?;
     for warning in &scan.warnings {
         bar.message(&format!("warning: {warning}"));

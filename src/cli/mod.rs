@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod augment;
 mod cache;
 mod evaluate;
+mod export;
 mod export_onnx;
 mod extract;
 mod imagenet;
@@ -42,6 +43,9 @@ enum Command {
     Imagenet(imagenet::Args),
     /// Compute backbone features for every image under a folder.
     Extract(extract::Args),
+    /// Write a trained model as one ONNX file (pixels in, probabilities out), or as an
+    /// offline web classifier (`--format web`).
+    Export(export::Args),
     /// Write a backbone as an ONNX model (the graph graft runs, batch norm folded).
     ExportOnnx(export_onnx::Args),
     /// Turn a CSV of image_id,label and a folder of images into one folder per class.
@@ -86,6 +90,7 @@ pub fn main() -> ExitCode {
         Command::Models(cmd) => models::run(cmd),
         Command::Imagenet(args) => imagenet::run(args),
         Command::Extract(args) => extract::run(args),
+        Command::Export(args) => export::run(args),
         Command::ExportOnnx(args) => export_onnx::run(args),
         Command::Organize(args) => organize::run(args),
         Command::Stats(args) => stats::run(args),

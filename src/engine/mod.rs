@@ -244,10 +244,10 @@ impl Backbone {
     /// weights, quantizer version and calibration set, so it is computed once.
     pub fn load_int8(
         id: BackboneId,
+        loaded: &weights::LoadedWeights,
         calibration: CalibrationSet<'_>,
         progress: &dyn Progress,
     ) -> Result<Backbone> {
-        let loaded = weights::ensure(id, progress)?;
         let origin = loaded.path.display().to_string();
         let (folded, folded_tensors) = folded_graph(id, &loaded.tensors, &origin)?;
         let method = quantize::RangeMethod::DEFAULT;
@@ -273,7 +273,7 @@ impl Backbone {
             if let Ok(net) = OrtNet::from_model(&folded, &model, progress) {
                 return Ok(Backbone {
                     id,
-                    weights_sha256: loaded.source_sha256,
+                    weights_sha256: loaded.source_sha256.clone(),
                     precision_tag: format!("int8:{key}"),
                     net: Net::Onnxruntime(net),
                 });
@@ -289,12 +289,13 @@ impl Backbone {
         );
         progress.finish();
         let model = model?;
+        // Kept only once onnxruntime has taken it.
+        let net = OrtNet::from_model(&folded, &model, progress)?;
         std::fs::create_dir_all(&dir).map_err(|e| crate::error::Error::io(&dir, e))?;
         crate::fsx::write_atomic(&path, &model)?;
-        let net = OrtNet::from_model(&folded, &model, progress)?;
         Ok(Backbone {
             id,
-            weights_sha256: loaded.source_sha256,
+            weights_sha256: loaded.source_sha256.clone(),
             precision_tag: format!("int8:{key}"),
             net: Net::Onnxruntime(net),
         })

@@ -108,9 +108,9 @@ fn tensor(name: &str, dims: &[usize], data: &[f32]) -> Message {
 }
 
 /// `TensorProto.DataType` of the quantized tensors: UINT8, INT8, INT32.
-const UINT8: i64 = 2;
-const INT8: i64 = 3;
-const INT32: i64 = 6;
+const Q_UINT8: i64 = 2;
+const Q_INT8: i64 = 3;
+const Q_INT32: i64 = 6;
 
 /// A `TensorProto` of any element type from its little-endian bytes.
 fn raw_tensor(name: &str, dims: &[usize], data_type: i64, raw: &[u8]) -> Message {
@@ -266,7 +266,7 @@ impl Writer<'_> {
         let (scale, zero) = (format!("{value}_q_scale"), format!("{value}_q_zero_point"));
         self.initializer(&scale, &[], &[q.scale]);
         self.graph
-            .message(5, &raw_tensor(&zero, &[], UINT8, &[q.zero_point]));
+            .message(5, &raw_tensor(&zero, &[], Q_UINT8, &[q.zero_point]));
         let quantized = format!("{value}_q");
         self.node("QuantizeLinear", &[value, &scale, &zero], &quantized, &[]);
         let out = format!("{value}_dq");
@@ -311,7 +311,7 @@ impl Writer<'_> {
                 format!("{tensor}_scale"),
                 format!("{tensor}_zero_point"),
             );
-            let zero_bytes = vec![0u8; out_ch * if data_type == INT32 { 4 } else { 1 }];
+            let zero_bytes = vec![0u8; out_ch * if data_type == Q_INT32 { 4 } else { 1 }];
             w.graph.message(5, &raw_tensor(&q, shape, data_type, raw));
             w.initializer(&scale, &[out_ch], scales);
             w.graph
@@ -325,7 +325,7 @@ impl Writer<'_> {
             );
             out
         };
-        let wname = per_channel(self, wkey, dims, INT8, &raw, &scales);
+        let wname = per_channel(self, wkey, dims, Q_INT8, &raw, &scales);
         let bname = match (bkey, bias) {
             (Some(bkey), Some(bias)) => {
                 // onnxruntime fuses a bias only as int32 at input scale x weight scale.
@@ -345,7 +345,7 @@ impl Writer<'_> {
                     self,
                     bkey,
                     &[out_ch],
-                    INT32,
+                    Q_INT32,
                     &raw,
                     &bias_scales,
                 ))
@@ -656,9 +656,360 @@ pub fn export_backbone(id: BackboneId, tensors: &TensorMap, origin: &str) -> Res
     export(&folded, &folded_tensors)
 }
 
+/// `TensorProto.DataType.UINT8`.
+const UINT8: u64 = 2;
+
+/// What [`wrap_classifier`] puts around a backbone model whose `logits` are already a
+/// trained head's: the pixel input a client feeds, the softmax, and the facts a client
+/// needs, in the model's `metadata_props` and doc strings.
+pub struct ClassifierWrap<'a> {
+    /// Per-channel `mean` and `std` of the backbone's normalisation (`(p - mean) / std`).
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// Logits are divided by it before the softmax (1: no division node).
+    pub temperature: f32,
+    pub classes: usize,
+    pub feature_dim: usize,
+    /// `ModelProto.doc_string`.
+    pub doc: &'a str,
+    /// `ModelProto.metadata_props`, in this order.
+    pub metadata: &'a [(&'a str, String)],
+}
+
+/// The backbone's float input inside a wrapped classifier: its public name `pixels` goes
+/// to the uint8 input.
+const NORMALIZED: &str = "pixels_normalized";
+
+/// One top-level field of a serialized message: its number, and its whole encoding (key
+/// included) along with the payload of a length-delimited field.
+struct Field<'a> {
+    number: u64,
+    raw: &'a [u8],
+    payload: Option<&'a [u8]>,
+    varint: Option<u64>,
+}
+
+fn read_varint(bytes: &[u8], pos: &mut usize) -> Result<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes
+            .get(*pos)
+            .ok_or_else(|| Error::Invalid("ONNX wrap: truncated varint".into()))?;
+        *pos += 1;
+        value |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(Error::Invalid("ONNX wrap: varint too long".into()))
+}
+
+/// The top-level fields of `bytes`, in order. Only the wire types this writer emits
+/// (varint, length-delimited, 32-bit) are accepted.
+fn fields(bytes: &[u8]) -> Result<Vec<Field<'_>>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let start = pos;
+        let key = read_varint(bytes, &mut pos)?;
+        let mut varint = None;
+        let payload = match key & 7 {
+            0 => {
+                varint = Some(read_varint(bytes, &mut pos)?);
+                None
+            }
+            2 => {
+                let len = usize::try_from(read_varint(bytes, &mut pos)?)
+                    .map_err(|_| Error::Invalid("ONNX wrap: field too long".into()))?;
+                let end = pos
+                    .checked_add(len)
+                    .filter(|end| *end <= bytes.len())
+                    .ok_or_else(|| Error::Invalid("ONNX wrap: truncated field".into()))?;
+                let payload = &bytes[pos..end];
+                pos = end;
+                Some(payload)
+            }
+            5 => {
+                pos += 4;
+                None
+            }
+            other => {
+                return Err(Error::Invalid(format!(
+                    "ONNX wrap: unexpected wire type {other}"
+                )))
+            }
+        };
+        let raw = bytes
+            .get(start..pos)
+            .ok_or_else(|| Error::Invalid("ONNX wrap: truncated field".into()))?;
+        out.push(Field {
+            number: key >> 3,
+            raw,
+            payload,
+            varint,
+        });
+    }
+    Ok(out)
+}
+
+/// `NodeProto` `node` with every input named `from` renamed `to`.
+fn rename_node_inputs(node: &[u8], from: &str, to: &str) -> Result<Message> {
+    let mut m = Message::default();
+    for f in fields(node)? {
+        match (f.number, f.payload) {
+            (1, Some(name)) if name == from.as_bytes() => {
+                m.string(1, to);
+            }
+            _ => m.0.extend_from_slice(f.raw),
+        }
+    }
+    Ok(m)
+}
+
+/// A `NodeProto` (see [`Writer::node`]) outside a [`Writer`].
+fn node_message(op_type: &str, inputs: &[&str], output: &str, attrs: &[(&str, Attr)]) -> Message {
+    let mut m = Message::default();
+    for input in inputs {
+        m.string(1, input);
+    }
+    m.string(2, output)
+        .string(3, &format!("{op_type}_{output}"))
+        .string(4, op_type);
+    for (name, value) in attrs {
+        m.message(5, &attribute(name, value));
+    }
+    m
+}
+
+/// [`value_info`] of a tensor of element type `elem_type`, with a doc string (field 3).
+fn typed_value_info(name: &str, elem_type: u64, dims: &[Dim], doc: &str) -> Message {
+    let mut shape = Message::default();
+    for d in dims {
+        let mut dim = Message::default();
+        match d {
+            Dim::Fixed(n) => dim.int(1, *n as i64),
+            Dim::Named(s) => dim.string(2, s),
+        };
+        shape.message(1, &dim);
+    }
+    let mut tensor_type = Message::default();
+    tensor_type.int(1, elem_type as i64).message(2, &shape);
+    let mut type_proto = Message::default();
+    type_proto.message(1, &tensor_type);
+    let mut m = Message::default();
+    m.string(1, name).message(2, &type_proto).string(3, doc);
+    m
+}
+
+/// Turns `model` (what [`export`] writes for a graph whose `logits` are a trained head's)
+/// into a whole classifier: input `pixels` uint8 `[N, H, W, 3]` (decoded RGB at the
+/// backbone's size), cast, transposed and normalised inside the graph; outputs
+/// `probabilities` `[N, C]` (softmax of the logits divided by the temperature) and
+/// `features` `[N, D]`.
+///
+/// It works on the serialized model rather than inside [`export`] so that whatever graph
+/// the writer emits for a backbone (fp32, or quantized) becomes a classifier the same way:
+/// the backbone's nodes are copied as written, with the one input they read renamed.
+pub fn wrap_classifier(model: &[u8], wrap: &ClassifierWrap) -> Result<Vec<u8>> {
+    let model_fields = fields(model)?;
+    let graph = model_fields
+        .iter()
+        .find(|f| f.number == 7)
+        .and_then(|f| f.payload)
+        .ok_or_else(|| Error::Invalid("ONNX wrap: the model has no graph".into()))?;
+    let graph_fields = fields(graph)?;
+    // The backbone's input shape [N, 3, H, W], read back from its ValueInfoProto.
+    let (height, width) = input_size(&graph_fields)?;
+
+    let mut g = Message::default();
+    let inv_std = wrap.std.map(|s| 1.0 / s);
+    g.message(5, &tensor("pixel_mean", &[1, 3, 1, 1], &wrap.mean));
+    g.message(5, &tensor("pixel_inv_std", &[1, 3, 1, 1], &inv_std));
+    // The same arithmetic as graft's preprocessing, (p - mean) * (1 / std), so the
+    // network sees the same floats.
+    g.message(
+        1,
+        &node_message(
+            "Cast",
+            &["pixels"],
+            "pixels_f32",
+            &[("to", Attr::Int(FLOAT as i64))],
+        ),
+    );
+    g.message(
+        1,
+        &node_message(
+            "Transpose",
+            &["pixels_f32"],
+            "pixels_nchw",
+            &[("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+        ),
+    );
+    g.message(
+        1,
+        &node_message("Sub", &["pixels_nchw", "pixel_mean"], "pixels_centred", &[]),
+    );
+    g.message(
+        1,
+        &node_message("Mul", &["pixels_centred", "pixel_inv_std"], NORMALIZED, &[]),
+    );
+    for f in &graph_fields {
+        match (f.number, f.payload) {
+            // The backbone's inputs and outputs are replaced below.
+            (11 | 12, _) => {}
+            (1, Some(node)) => {
+                g.message(1, &rename_node_inputs(node, "pixels", NORMALIZED)?);
+            }
+            _ => g.0.extend_from_slice(f.raw),
+        }
+    }
+    let softmax_input = if wrap.temperature != 1.0 {
+        g.message(5, &tensor("temperature", &[], &[wrap.temperature]));
+        g.message(
+            1,
+            &node_message("Div", &["logits", "temperature"], "logits_scaled", &[]),
+        );
+        "logits_scaled"
+    } else {
+        "logits"
+    };
+    g.message(
+        1,
+        &node_message(
+            "Softmax",
+            &[softmax_input],
+            "probabilities",
+            &[("axis", Attr::Int(1))],
+        ),
+    );
+    let batch = || Dim::Named("batch");
+    g.message(
+        11,
+        &typed_value_info(
+            "pixels",
+            UINT8,
+            &[
+                batch(),
+                Dim::Fixed(height),
+                Dim::Fixed(width),
+                Dim::Fixed(3),
+            ],
+            "decoded RGB pixels, 0-255, cropped and resized as metadata `graft.preprocessing` says",
+        ),
+    );
+    g.message(
+        12,
+        &typed_value_info(
+            "probabilities",
+            FLOAT,
+            &[batch(), Dim::Fixed(wrap.classes)],
+            "softmax over the labels in metadata `graft.labels`, in that order",
+        ),
+    );
+    g.message(
+        12,
+        &typed_value_info(
+            "features",
+            FLOAT,
+            &[batch(), Dim::Fixed(wrap.feature_dim)],
+            "the backbone's pooled features (what the head reads)",
+        ),
+    );
+    // GraphProto.doc_string = 10.
+    g.string(10, wrap.doc);
+
+    let mut out = Message::default();
+    for f in &model_fields {
+        match f.number {
+            7 => {
+                out.message(7, &g);
+            }
+            // doc_string and metadata_props are written below.
+            6 | 14 => {}
+            _ => out.0.extend_from_slice(f.raw),
+        }
+    }
+    // ModelProto.doc_string = 6, metadata_props = 14 (StringStringEntryProto: key = 1,
+    // value = 2).
+    out.string(6, wrap.doc);
+    for (key, value) in wrap.metadata {
+        let mut entry = Message::default();
+        entry.string(1, key).string(2, value);
+        out.message(14, &entry);
+    }
+    Ok(out.0)
+}
+
+/// Height and width of the `[N, 3, H, W]` input `pixels` among a graph's fields.
+fn input_size(graph_fields: &[Field]) -> Result<(usize, usize)> {
+    let missing = || Error::Invalid("ONNX wrap: the backbone model has no image input".into());
+    let info = graph_fields
+        .iter()
+        .filter(|f| f.number == 11)
+        .find_map(|f| f.payload)
+        .ok_or_else(missing)?;
+    // ValueInfoProto.type (2) -> TypeProto.tensor_type (1) -> shape (2) -> dim (1)*.
+    let sub = |bytes: &[u8], number: u64| -> Result<Vec<Vec<u8>>> {
+        Ok(fields(bytes)?
+            .into_iter()
+            .filter(|f| f.number == number)
+            .filter_map(|f| f.payload.map(<[u8]>::to_vec))
+            .collect())
+    };
+    let one = |bytes: &[u8], number: u64| -> Result<Vec<u8>> {
+        sub(bytes, number)?.into_iter().next().ok_or_else(missing)
+    };
+    let shape = one(&one(&one(info, 2)?, 1)?, 2)?;
+    let mut dims = Vec::new();
+    for dim in sub(&shape, 1)? {
+        // Dimension.dim_value = 1 (a symbolic dimension has none).
+        let value = fields(&dim)?
+            .into_iter()
+            .find(|f| f.number == 1)
+            .and_then(|f| f.varint)
+            .map(|v| v as usize);
+        dims.push(value);
+    }
+    match dims.as_slice() {
+        [_, Some(3), Some(h), Some(w)] => Ok((*h, *w)),
+        _ => Err(missing()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_reading_the_pixels_is_renamed_and_nothing_else_changes() {
+        let node = node_message(
+            "Conv",
+            &["pixels", "w", "pixels_x"],
+            "v1",
+            &[("group", Attr::Int(1))],
+        );
+        let renamed = rename_node_inputs(&node.0, "pixels", NORMALIZED).unwrap();
+        let inputs: Vec<&[u8]> = fields(&renamed.0)
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.number == 1)
+            .filter_map(|f| f.payload)
+            .collect();
+        assert_eq!(inputs, [NORMALIZED.as_bytes(), b"w", b"pixels_x"]);
+        let others = |m: &[u8]| -> Vec<Vec<u8>> {
+            fields(m)
+                .unwrap()
+                .into_iter()
+                .filter(|f| f.number != 1)
+                .map(|f| f.raw.to_vec())
+                .collect()
+        };
+        assert_eq!(others(&node.0), others(&renamed.0));
+        assert!(
+            fields(&[0x0a, 0x05, b'a']).is_err(),
+            "a truncated field is an error"
+        );
+    }
 
     #[test]
     fn varints_match_protobuf() {

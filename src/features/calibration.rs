@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::image::distort::{prepare, View};
 use crate::image::{decode_rgb8, DecodeLimits};
 use crate::progress::Progress;
+use crate::weights::LoadedWeights;
 
 /// Calibration images used when the user does not say: enough for stable ranges (see
 /// docs/int8.md), a few seconds of float inference.
@@ -61,78 +62,100 @@ pub fn calibration_images(dir: &Path, limit: usize) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// The backbone `id` as `options` ask: fp32 on the chosen engine, or int8 on onnxruntime
-/// calibrated on `options.calibration` (else `default_calibration`, the bundle's own
-/// training images where the manifest names them).
+/// A stable sample of `limit` images of `dir` ([`calibration_images`]), preprocessed as
+/// `preprocess` says, in batches drawn only when the quantized model is not cached yet.
+pub fn calibration_set(
+    dir: &Path,
+    limit: usize,
+    preprocess: crate::backbone::Preprocess,
+) -> Result<CalibrationSet<'static>> {
+    let paths = calibration_images(dir, limit.max(1))?;
+    let mut digest = Sha256::new();
+    for path in &paths {
+        digest.update(crate::features::cache::hash_file(path)?);
+    }
+    let images = paths.len();
+    let batches = move || -> Box<dyn Iterator<Item = Result<(Vec<f32>, usize)>>> {
+        let chunks: Vec<Vec<PathBuf>> =
+            paths.chunks(CALIBRATION_BATCH).map(<[_]>::to_vec).collect();
+        Box::new(chunks.into_iter().map(move |chunk| {
+            let prepared: Vec<Result<Vec<f32>>> = chunk
+                .par_iter()
+                .map(|path| {
+                    let rgb = decode_rgb8(path, DecodeLimits::default())?;
+                    prepare(&rgb, &preprocess, &View::ORIGINAL)
+                })
+                .collect();
+            let mut pixels = Vec::new();
+            let mut n = 0;
+            // An image that cannot be decoded is left out of calibration; the commands
+            // that read it report it themselves.
+            for p in prepared.into_iter().flatten() {
+                pixels.extend_from_slice(&p);
+                n += 1;
+            }
+            Ok((pixels, n))
+        }))
+    };
+    Ok(CalibrationSet {
+        digest: hex::encode(digest.finalize()),
+        images,
+        batches: Box::new(batches),
+    })
+}
+
+/// The calibration folder `options` name, else `default_calibration`; refuses int8 on
+/// burn and int8 without calibration images.
+pub fn calibration_dir<'a>(
+    options: &'a BackboneOptions,
+    default_calibration: Option<&'a Path>,
+) -> Result<&'a Path> {
+    if options.engine == EngineChoice::Burn {
+        return Err(Error::Invalid(
+            "--precision int8 runs on onnxruntime only; drop --engine burn or use \
+             --precision fp32"
+                .into(),
+        ));
+    }
+    options
+        .calibration
+        .as_deref()
+        .or(default_calibration)
+        .ok_or_else(|| {
+            Error::Invalid(
+                "--precision int8 needs calibration images: pass --calibration DIR \
+                 (a folder of training images)"
+                    .into(),
+            )
+        })
+}
+
+/// The backbone `id` with `weights` as `options` ask: fp32 on the chosen engine, or int8
+/// on onnxruntime calibrated on `options.calibration` (else `default_calibration`, the
+/// bundle's own training folder where the manifest names it).
 pub fn load_backbone(
     id: BackboneId,
+    weights: &LoadedWeights,
     options: &BackboneOptions,
     default_calibration: Option<&Path>,
     progress: &dyn Progress,
 ) -> Result<Backbone> {
     match options.precision {
-        Precision::Fp32 => Backbone::load_with(id, options.engine, progress),
+        Precision::Fp32 => Backbone::from_tensors_with(
+            id,
+            &weights.tensors,
+            weights.source_sha256.clone(),
+            &weights.path.display().to_string(),
+            options.engine,
+            progress,
+        ),
         Precision::Int8 => {
-            if options.engine == EngineChoice::Burn {
-                return Err(Error::Invalid(
-                    "--precision int8 runs on onnxruntime only; drop --engine burn or use \
-                     --precision fp32"
-                        .into(),
-                ));
-            }
-            let dir = options
-                .calibration
-                .as_deref()
-                .or(default_calibration)
-                .ok_or_else(|| {
-                    Error::Invalid(
-                        "--precision int8 needs calibration images: pass --calibration DIR \
-                         (a folder of training images)"
-                            .into(),
-                    )
-                })?;
+            let dir = calibration_dir(options, default_calibration)?;
             let limit = options
                 .calibration_images
-                .unwrap_or(DEFAULT_CALIBRATION_IMAGES)
-                .max(1);
-            let paths = calibration_images(dir, limit)?;
-            let mut digest = Sha256::new();
-            for path in &paths {
-                digest.update(crate::features::cache::hash_file(path)?);
-            }
-            let count = paths.len();
-            let spec = id.spec().preprocess;
-            let batches = move || -> Box<dyn Iterator<Item = Result<(Vec<f32>, usize)>>> {
-                let chunks: Vec<Vec<PathBuf>> =
-                    paths.chunks(CALIBRATION_BATCH).map(<[_]>::to_vec).collect();
-                Box::new(chunks.into_iter().map(move |chunk| {
-                    let prepared: Vec<Result<Vec<f32>>> = chunk
-                        .par_iter()
-                        .map(|path| {
-                            let rgb = decode_rgb8(path, DecodeLimits::default())?;
-                            prepare(&rgb, &spec, &View::ORIGINAL)
-                        })
-                        .collect();
-                    let mut pixels = Vec::new();
-                    let mut n = 0;
-                    // An image that cannot be decoded is left out of calibration; the
-                    // commands that read it report it themselves.
-                    for p in prepared.into_iter().flatten() {
-                        pixels.extend_from_slice(&p);
-                        n += 1;
-                    }
-                    Ok((pixels, n))
-                }))
-            };
-            Backbone::load_int8(
-                id,
-                CalibrationSet {
-                    digest: hex::encode(digest.finalize()),
-                    images: count,
-                    batches: Box::new(batches),
-                },
-                progress,
-            )
+                .unwrap_or(DEFAULT_CALIBRATION_IMAGES);
+            let set = calibration_set(dir, limit, id.spec().preprocess)?;
+            Backbone::load_int8(id, weights, set, progress)
         }
     }
 }

@@ -86,6 +86,21 @@ mod tests {
         assert_eq!((l, t, s), (150.0, 50.0, 100.0));
     }
 
+    /// The ONNX export's same-pixels check (tests/export.rs) relies on it: an image whose
+    /// crop is exactly the input size reaches the network as its centre pixels, unresampled.
+    #[test]
+    fn a_crop_at_the_input_size_is_the_centre_pixels() {
+        let p = BackboneId::EfficientNetLite0.spec().preprocess;
+        let side = p.size + 32;
+        let img = RgbImage::from_fn(side, side, |x, y| {
+            ::image::Rgb([(x * 7 + y) as u8, (x * y) as u8, (x ^ y) as u8])
+        });
+        let sized = crop_resize(&img, &p).unwrap();
+        for (x, y, px) in sized.enumerate_pixels() {
+            assert_eq!(*px, *img.get_pixel(x + 16, y + 16), "at {x},{y}");
+        }
+    }
+
     #[test]
     fn uniform_image_normalises_to_a_constant() {
         let p = BackboneId::EfficientNetLite0.spec().preprocess;

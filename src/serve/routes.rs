@@ -16,7 +16,6 @@ use axum::Json;
 
 use serde::Serialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::batcher::{Batcher, Reservation};
 use super::budget::{DecodeBudget, Refused};
@@ -58,17 +57,11 @@ pub struct ModelInfo {
 impl ModelInfo {
     pub fn of(predictor: &Predictor) -> ModelInfo {
         let manifest = &predictor.bundle.manifest;
-        let head = &predictor.bundle.head;
-        let mut hasher = Sha256::new();
-        for value in head.weight.iter().chain(&head.bias) {
-            hasher.update(value.to_le_bytes());
-        }
-        let head_sha256 = hex::encode(hasher.finalize());
         ModelInfo {
-            id: format!("{}-{}", manifest.backbone, &head_sha256[..12]),
+            id: predictor.bundle.model_id(),
+            head_sha256: predictor.bundle.head_sha256(),
             backbone: manifest.backbone,
             weights_sha256: manifest.weights_sha256.clone(),
-            head_sha256,
             input_size: manifest.preprocess.size,
             feature_dim: manifest.feature_dim,
             labels: manifest.labels.clone(),
