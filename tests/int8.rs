@@ -294,6 +294,39 @@ fn int8_predictions_match_fp32_on_held_out_photos() {
         "int8 top-1 differs from fp32 on {} of {n}: {fp32:?} vs {int8:?}",
         n - same
     );
+
+    // The exported classifier quantized the same way: int8 weights, a quarter the size.
+    let (plain, quantized) = (setup.path("fp32.onnx"), setup.path("int8.onnx"));
+    graft(
+        setup.dir.path(),
+        &["export", s(&bundle), "--output", s(&plain)],
+    )
+    .assert_code(0);
+    graft(
+        setup.dir.path(),
+        &[
+            "export",
+            s(&bundle),
+            "--quantize",
+            "int8",
+            "--output",
+            s(&quantized),
+        ],
+    )
+    .assert_code(0);
+    let (plain, quantized) = (
+        std::fs::read(plain).unwrap(),
+        std::fs::read(quantized).unwrap(),
+    );
+    assert!(
+        quantized.len() * 3 < plain.len(),
+        "int8 export is {} bytes, fp32 {}",
+        quantized.len(),
+        plain.len()
+    );
+    let has = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(has(&quantized, b"QuantizeLinear") && has(&quantized, b"graft.precision"));
+    assert!(!has(&plain, b"QuantizeLinear"));
 }
 
 #[test]
