@@ -68,7 +68,7 @@ done
 top1() { # top1 BUNDLE PRECISION: top-1 on val/ in percent
     "$graft" evaluate "$1" "$data/val" --precision "$2" "${calib[@]}" --format json \
         --output-dir "$work/evaluation" --bottleneck-dir "$work/bottlenecks" 2>"$work/stderr.txt" |
-        python3 -c 'import json,sys; print(f"{100 * json.load(sys.stdin)["top1_accuracy"]:.2f}")' ||
+        python3 -c 'import json, sys; print("%.2f" % (100 * json.load(sys.stdin)["top1_accuracy"]))' ||
         { cat "$work/stderr.txt" >&2; exit 1; }
 }
 if [[ ${#accuracy[@]} -gt 0 ]]; then
