@@ -191,6 +191,17 @@ fn no_temperature() -> f32 {
     1.0
 }
 
+impl Manifest {
+    /// The folder the head was trained from, as `graft train` records it: where int8
+    /// calibration images come from by default.
+    pub fn training_image_dir(&self) -> Option<PathBuf> {
+        self.training
+            .get("image_dir")
+            .and_then(|v| v.as_str())
+            .map(PathBuf::from)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Bundle {
     pub manifest: Manifest,

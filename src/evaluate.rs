@@ -36,6 +36,8 @@ pub struct EvaluateOptions {
     pub report: Option<PathBuf>,
     /// `--unknown-below` (default: the bundle's stored default, else none).
     pub unknown_below: Option<f32>,
+    /// Engine and precision of the backbone.
+    pub backbone: crate::features::calibration::BackboneOptions,
 }
 
 /// The evaluation at one level of the class tree above the classes.
@@ -117,7 +119,7 @@ pub fn evaluate_bundle(
     progress: &dyn Progress,
 ) -> Result<EvaluateResult> {
     let started = std::time::Instant::now();
-    let predictor = Predictor::load(&options.bundle, progress)?;
+    let predictor = Predictor::load_with(&options.bundle, &options.backbone, progress)?;
     let labels = &predictor.bundle.manifest.labels;
     let dataset = options.source.load()?;
     check_outputs(options, &dataset.root)?;

@@ -9,6 +9,7 @@ use crate::bundle::Bundle;
 use crate::dataset::{scan_images, SkippedEntry};
 use crate::engine::Backbone;
 use crate::error::{Error, Result};
+use crate::features::calibration::{load_backbone, BackboneOptions};
 use crate::features::{extract_views, ExtractOptions, Job, Skipped};
 use crate::image::distort::View;
 use crate::progress::Progress;
@@ -99,9 +100,39 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Inputs> {
 impl Predictor {
     /// Loads the bundle and the backbone it was trained on, refusing a mismatch.
     pub fn load(bundle_dir: &Path, progress: &dyn Progress) -> Result<Predictor> {
+        Predictor::load_with(bundle_dir, &BackboneOptions::default(), progress)
+    }
+
+    /// [`Predictor::load`] with the backbone run as `options` ask; int8 calibrates on the
+    /// folder the bundle was trained from unless `options` name another.
+    pub fn load_with(
+        bundle_dir: &Path,
+        options: &BackboneOptions,
+        progress: &dyn Progress,
+    ) -> Result<Predictor> {
         let bundle = Bundle::load(bundle_dir)?;
         bundle.check_manifest(bundle_dir)?;
-        let backbone = bundle.backbone(crate::engine::EngineChoice::Auto, progress)?;
+        let backbone = match options.precision {
+            crate::engine::Precision::Fp32 => bundle.backbone(options.engine, progress)?,
+            crate::engine::Precision::Int8 => {
+                if bundle.manifest.fine_tune.is_some() {
+                    return Err(Error::Invalid(format!(
+                        "{} is fine-tuned, and --precision int8 quantizes only the published \
+                         backbone so far: run this model at fp32 (leave out --precision)",
+                        bundle_dir.display()
+                    )));
+                }
+                let trained_on = bundle.manifest.training_image_dir();
+                let weights = crate::weights::ensure(bundle.manifest.backbone, progress)?;
+                load_backbone(
+                    bundle.manifest.backbone,
+                    &weights,
+                    options,
+                    trained_on.as_deref(),
+                    progress,
+                )?
+            }
+        };
         bundle.check_backbone(&backbone)?;
         Ok(Predictor { bundle, backbone })
     }

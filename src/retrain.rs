@@ -68,6 +68,9 @@ pub struct RetrainOptions {
     /// Save an intermediate bundle every N steps (0: never) under `intermediate_dir`.
     pub intermediate_store_frequency: usize,
     pub intermediate_dir: PathBuf,
+    /// Engine and precision of the backbone; int8 calibrates on the training folder
+    /// unless these name another.
+    pub backbone_run: crate::features::calibration::BackboneOptions,
     /// retrain.py's training-time distortions (all off by default).
     pub distortions: Distortions,
     pub distortion_mode: DistortionMode,
@@ -163,6 +166,15 @@ pub fn retrain(
     for entry in &dataset.skipped {
         progress.message(&format!("skipped {entry}"));
     }
+    if options.fine_tune.is_some()
+        && options.backbone_run.precision == crate::engine::Precision::Int8
+    {
+        return Err(Error::Invalid(
+            "--fine-tune trains the float network and --precision int8 quantizes only the \
+             published backbone so far: leave out one of them"
+                .into(),
+        ));
+    }
     let cut = match &options.fine_tune {
         Some(ft) => {
             let no_validation = !dataset.images.iter().any(|i| {
@@ -186,7 +198,14 @@ pub fn retrain(
         }
         None => None,
     };
-    let backbone = Backbone::load(options.backbone, progress)?;
+    let weights = crate::weights::ensure(options.backbone, progress)?;
+    let backbone = crate::features::calibration::load_backbone(
+        options.backbone,
+        &weights,
+        &options.backbone_run,
+        Some(&dataset.root),
+        progress,
+    )?;
     let cache = FeatureCache::open(&options.bottleneck_dir)?;
     let paths: Vec<PathBuf> = dataset.images.iter().map(|i| i.path.clone()).collect();
     let cached = cached_features(&backbone, &cache, &paths, options.extract, progress)?;
@@ -466,6 +485,9 @@ fn train_on(
             "random_brightness": options.distortions.random_brightness,
             "distortion_mode": options.distortion_mode,
             "distorted_variants": options.distorted_variants,
+            // Where `--precision int8` finds calibration images by default.
+            "precision": backbone.precision().name(),
+            "image_dir": std::fs::canonicalize(&dataset.root).unwrap_or_else(|_| dataset.root.clone()),
         }),
         split_sizes: split_sizes.clone(),
         metrics: head_metrics,

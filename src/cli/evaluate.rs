@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use graft::evaluate::{evaluate_bundle, EvaluateOptions};
 use graft::retrain::default_bottleneck_dir;
 
+use super::precision::PrecisionArgs;
 use super::render::Bar;
 use super::source::SourceArgs;
 use super::values;
@@ -59,6 +60,8 @@ pub struct Args {
     /// Runs of --open-set-classes, each holding out another random set (seeds 0, 1, ...).
     #[arg(long, default_value_t = 3, value_name = "N", value_parser = values::count())]
     open_set_seeds: usize,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 /// `--open-set-classes`: runs the experiment, prints it and writes openset.json.
@@ -148,6 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         output_dir: args.output_dir.clone(),
         report: args.report.clone(),
         unknown_below: args.unknown_below,
+        backbone: args.precision.options(graft::engine::EngineChoice::Auto),
     };
     let result = evaluate_bundle(&options, &bar)?;
     let e = &result.evaluation;

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use graft::bundle::Bundle;
+use graft::engine::Precision;
 use graft::export::{self, web};
+use graft::features::calibration::{self, BackboneOptions};
 use graft::output::{File, Folder};
 
 use super::render::Bar;
@@ -31,6 +33,17 @@ pub struct Args {
     /// npm into graft's home).
     #[arg(long, value_name = "DIR")]
     onnxruntime_web: Option<PathBuf>,
+    /// Quantize the backbone: int8 (static QDQ, per-channel weights), calibrated on the
+    /// model's training folder unless --calibration names another.
+    #[arg(long, value_name = "PRECISION")]
+    quantize: Option<Precision>,
+    /// Folder of images to calibrate --quantize int8 on (default: the folder the model
+    /// was trained from, as its manifest records).
+    #[arg(long, value_name = "DIR", requires = "quantize")]
+    calibration: Option<PathBuf>,
+    /// How many of its images to calibrate on: a stable sample by path hash (default 200).
+    #[arg(long, value_name = "N", requires = "quantize", value_parser = super::values::count())]
+    calibration_images: Option<usize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -50,8 +63,27 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if let Some(dir) = &args.onnxruntime_web {
         web::check_onnxruntime_web(dir, "--onnxruntime-web")?;
     }
+    let int8 = match args.quantize {
+        None | Some(Precision::Fp32) => None,
+        Some(Precision::Int8) => {
+            let options = BackboneOptions {
+                precision: Precision::Int8,
+                calibration: args.calibration.clone(),
+                calibration_images: args.calibration_images,
+                ..BackboneOptions::default()
+            };
+            let trained_on = bundle.manifest.training_image_dir();
+            let dir = calibration::calibration_dir(&options, trained_on.as_deref())?;
+            Some(calibration::calibration_set(
+                dir,
+                args.calibration_images
+                    .unwrap_or(calibration::DEFAULT_CALIBRATION_IMAGES),
+                bundle.manifest.preprocess,
+            )?)
+        }
+    };
     let bar = Bar::new();
-    let classifier = export::classifier_onnx(&bundle, &bar)?;
+    let classifier = export::classifier_onnx(&bundle, int8, &bar)?;
     let m = &bundle.manifest;
     let (s, c, d) = (m.preprocess.size, m.labels.len(), m.feature_dim);
     match args.format {

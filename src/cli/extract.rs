@@ -7,8 +7,9 @@ use anyhow::Context;
 use graft::backbone::BackboneId;
 use graft::dataset::scan_images;
 use graft::dataset::shard::Shard;
-use graft::engine::{Backbone, EngineChoice};
+use graft::engine::EngineChoice;
 use graft::features::cache::FeatureCache;
+use graft::features::calibration::load_backbone;
 use graft::features::file::FeaturesFile;
 use graft::features::parquet::{is_parquet_path, FeaturesWriter};
 use graft::features::stream::features_in_chunks;
@@ -16,6 +17,7 @@ use graft::features::ExtractOptions;
 use graft::progress::Progress;
 use graft::retrain::default_bottleneck_dir;
 
+use super::precision::PrecisionArgs;
 use super::render::Bar;
 use super::values;
 use super::Outcome;
@@ -49,6 +51,8 @@ pub struct Args {
     /// burn (pure Rust) or onnxruntime (fetched with pip on first use, or $ORT_DYLIB_PATH).
     #[arg(long, default_value = "auto")]
     engine: EngineChoice,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -61,7 +65,21 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     graft::output::check_file(&args.output, kind, "--output")?;
     let bar = Bar::new();
-    let backbone = Backbone::load_with(id, args.engine, &bar)?;
+    let weights = graft::weights::ensure(id, &bar)?;
+    let run = args.precision.options(args.engine);
+    anyhow::ensure!(
+        !(parquet && run.precision == graft::engine::Precision::Int8),
+        "--precision int8 cannot write Parquet yet: its columns record the backbone and weights \
+         but not the precision, so int8 rows would pass for fp32 ones in `graft train --features`; \
+         write .safetensors, or extract at fp32"
+    );
+    let backbone = load_backbone(
+        id,
+        &weights,
+        &run,
+        None,
+        &bar,
+    )?;
     let scan = scan_images(&args.dir)?;
     for warning in &scan.warnings {
         bar.message(&format!("warning: {warning}"));
@@ -156,7 +174,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     println!(
         "extracted {} images with {} on {} (batch {}) in {:.1}s: {:.2} images/s; wrote {} ({} rows)",
         report.extracted,
-        id,
+        match backbone.precision() {
+            graft::engine::Precision::Fp32 => id.to_string(),
+            int8 => format!("{id} {int8}"),
+        },
         backbone.engine(),
         options.batch_for(&backbone),
         seconds,

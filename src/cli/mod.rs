@@ -14,6 +14,7 @@ mod extract;
 mod imagenet;
 mod models;
 mod organize;
+mod precision;
 mod predict;
 mod render;
 mod serve;

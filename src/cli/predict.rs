@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use graft::engine::EngineChoice;
 use graft::features::ExtractOptions;
 use graft::predict::{duplicate_ids, expand_inputs, Prediction, Predictor};
 use graft::progress::Progress;
 
+use super::precision::PrecisionArgs;
 use super::render::Bar;
 use super::values;
 use super::Outcome;
@@ -49,6 +51,8 @@ pub struct Args {
     /// default: the model's stored default, else always answer).
     #[arg(long, value_name = "P", value_parser = values::probability_open, allow_hyphen_values = true)]
     unknown_below: Option<f32>,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 /// `tree`: the model has a class tree, so CSV rows also carry the answer's class path.
@@ -121,7 +125,11 @@ fn render(
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let bar = Bar::new();
-    let predictor = Predictor::load(&args.bundle, &bar)?;
+    let predictor = Predictor::load_with(
+        &args.bundle,
+        &args.precision.options(EngineChoice::Auto),
+        &bar,
+    )?;
     let inputs = expand_inputs(&args.paths)?;
     for warning in &inputs.warnings {
         bar.message(&format!("warning: {warning}"));

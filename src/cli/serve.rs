@@ -10,6 +10,7 @@ use graft::image::DecodeLimits;
 use graft::predict::Predictor;
 use graft::serve::{BatchOptions, ConnectionLimits, Limits, Options};
 
+use super::precision::PrecisionArgs;
 use super::render::Bar;
 use super::values;
 use super::Outcome;
@@ -57,10 +58,13 @@ pub struct Args {
     /// default: the model's stored default, else always answer).
     #[arg(long, value_name = "P", value_parser = values::probability_open, allow_hyphen_values = true)]
     unknown_below: Option<f32>,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    let mut predictor = Predictor::load(&args.bundle, &Bar::new())
+    let backbone = args.precision.options(graft::engine::EngineChoice::Auto);
+    let mut predictor = Predictor::load_with(&args.bundle, &backbone, &Bar::new())
         .with_context(|| format!("loading the model {}", args.bundle.display()))?;
     // The flag overrides the default stored at training; the served model says which.
     if let Some(p) = args.unknown_below {

@@ -146,6 +146,8 @@ pub struct Args {
     /// Dropout before the head while fine-tuning.
     #[arg(long, default_value_t = 0.2, value_parser = values::fraction, allow_hyphen_values = true)]
     dropout: f64,
+    #[command(flatten)]
+    precision: super::precision::PrecisionArgs,
 }
 
 /// `--features`, its patterns expanded, after refusing the flags that need images.
@@ -315,6 +317,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         summaries_dir: args.summaries_dir.clone(),
         output: args.output.clone(),
         intermediate_store_frequency: args.intermediate_store_frequency,
+        backbone_run: args.precision.options(graft::engine::EngineChoice::Auto),
         intermediate_dir,
         distortions: Distortions {
             flip_left_right: args.flip_left_right,

@@ -1,7 +1,8 @@
 //! Running a backbone: its graph folded for inference ([`fold`]) and the two engines that
 //! run it, graft's pure-Rust interpreter on burn ([`burn`], with graft's own convolution and
 //! pooling kernels in [`conv`] and [`pool`]) and onnxruntime ([`onnxruntime`], which runs
-//! the model that [`onnx`] writes). [`Backbone`] is a network with its weights on one of them.
+//! the model that [`onnx`] writes, in float or int8-quantized by [`quantize`]).
+//! [`Backbone`] is a network with its weights on one of them.
 
 pub mod burn;
 pub mod conv;
@@ -9,6 +10,7 @@ pub mod fold;
 pub mod onnx;
 pub mod onnxruntime;
 pub mod pool;
+pub mod quantize;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -71,6 +73,55 @@ impl std::str::FromStr for EngineChoice {
     }
 }
 
+/// The arithmetic a backbone runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// Static int8 QDQ quantization ([`quantize`]), on onnxruntime only.
+    Int8,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Precision> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" | "float32" => Ok(Precision::Fp32),
+            "int8" => Ok(Precision::Int8),
+            other => Err(crate::error::Error::Invalid(format!(
+                "unknown precision '{other}'; use fp32 or int8"
+            ))),
+        }
+    }
+}
+
+/// The images an int8 backbone is calibrated on, described by a digest of their
+/// contents so that the quantized model is computed once per backbone and image set.
+pub struct CalibrationSet<'a> {
+    /// Hex SHA-256 over the images' content hashes, in order.
+    pub digest: String,
+    /// How many images the batches hold.
+    pub images: usize,
+    /// Preprocessed batches `[n, 3, S, S]` with their `n`; drawn only when the quantized
+    /// model is not cached yet.
+    pub batches: Box<dyn FnOnce() -> Box<dyn Iterator<Item = Result<(Vec<f32>, usize)>> + 'a> + 'a>,
+}
+
 enum Net {
     Burn(BurnNet),
     Onnxruntime(OrtNet),
@@ -104,6 +155,9 @@ pub struct Backbone {
     /// the published network, `fine-tune:<tensors sha256>` for a fine-tuned one,
     /// `cut:<blocks>` for the frozen part below a fine-tuning cut.
     pub variant: String,
+    /// Empty for fp32; for int8, what the quantized model depends on (quantizer version,
+    /// range method, calibration set), so feature-cache keys differ from fp32's.
+    precision_tag: String,
     net: Net,
 }
 
@@ -214,8 +268,99 @@ impl Backbone {
             id,
             weights_sha256,
             variant,
+            precision_tag: String::new(),
             net,
         })
+    }
+
+    /// The int8-quantized backbone of `id` on onnxruntime, calibrated on `calibration`.
+    /// The quantized model is kept in `<graft home>/quantized/`, keyed by backbone,
+    /// weights, quantizer version and calibration set, so it is computed once.
+    pub fn load_int8(
+        id: BackboneId,
+        loaded: &weights::LoadedWeights,
+        calibration: CalibrationSet<'_>,
+        progress: &dyn Progress,
+    ) -> Result<Backbone> {
+        let origin = loaded.path.display().to_string();
+        let (folded, folded_tensors) = folded_graph(id, &loaded.tensors, &origin)?;
+        let method = quantize::RangeMethod::DEFAULT;
+        let tag = format!(
+            "{}:{}:{}",
+            quantize::QUANTIZER_VERSION,
+            method.tag(),
+            calibration.digest
+        );
+        let key = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            for part in [id.name(), loaded.source_sha256.as_str(), tag.as_str()] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+            hex::encode(h.finalize())
+        };
+        let dir = crate::home::graft_home().join("quantized");
+        let path = dir.join(format!("{}-int8-{}.onnx", id.name(), &key[..16]));
+        // A cached model that onnxruntime cannot load (truncated, edited) is recomputed.
+        if let Ok(model) = std::fs::read(&path) {
+            if let Ok(net) = OrtNet::from_model(&folded, &model, progress) {
+                return Ok(Backbone {
+                    id,
+                    weights_sha256: loaded.source_sha256.clone(),
+                    variant: String::new(),
+                    precision_tag: format!("int8:{key}"),
+                    net: Net::Onnxruntime(net),
+                });
+            }
+        }
+        progress.begin("calibrating int8", calibration.images as u64);
+        let model = quantize::quantize(
+            &folded,
+            &folded_tensors,
+            (calibration.batches)(),
+            method,
+            progress,
+        );
+        progress.finish();
+        let model = model?;
+        // Kept only once onnxruntime has taken it.
+        let net = OrtNet::from_model(&folded, &model, progress)?;
+        std::fs::create_dir_all(&dir).map_err(|e| crate::error::Error::io(&dir, e))?;
+        crate::fsx::write_atomic(&path, &model)?;
+        Ok(Backbone {
+            id,
+            weights_sha256: loaded.source_sha256.clone(),
+            variant: String::new(),
+            precision_tag: format!("int8:{key}"),
+            net: Net::Onnxruntime(net),
+        })
+    }
+
+    /// The arithmetic this backbone runs in.
+    pub fn precision(&self) -> Precision {
+        if self.precision_tag.is_empty() {
+            Precision::Fp32
+        } else {
+            Precision::Int8
+        }
+    }
+
+    /// What besides backbone and weights determines its features: empty for fp32, the
+    /// quantized model's key for int8 (part of the feature-cache fingerprint).
+    pub fn precision_tag(&self) -> &str {
+        &self.precision_tag
+    }
+
+    /// What the feature cache keys this network by beside backbone and weights: the
+    /// fine-tuning [`Backbone::variant`], the int8 [`Backbone::precision_tag`], or both
+    /// (`+`-joined); empty for the published network at fp32, whose keys never changed.
+    pub fn cache_variant(&self) -> String {
+        match (self.variant.is_empty(), self.precision_tag.is_empty()) {
+            (_, true) => self.variant.clone(),
+            (true, false) => self.precision_tag.clone(),
+            (false, false) => format!("{}+{}", self.variant, self.precision_tag),
+        }
     }
 
     pub fn spec(&self) -> &'static BackboneSpec {

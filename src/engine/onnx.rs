@@ -107,6 +107,67 @@ fn tensor(name: &str, dims: &[usize], data: &[f32]) -> Message {
     m
 }
 
+/// `TensorProto.DataType` of the quantized tensors: UINT8, INT8, INT32.
+const Q_UINT8: i64 = 2;
+const Q_INT8: i64 = 3;
+const Q_INT32: i64 = 6;
+
+/// A `TensorProto` of any element type from its little-endian bytes.
+fn raw_tensor(name: &str, dims: &[usize], data_type: i64, raw: &[u8]) -> Message {
+    let mut m = Message::default();
+    for d in dims {
+        m.int(1, *d as i64);
+    }
+    m.int(2, data_type).string(8, name).bytes(9, raw);
+    m
+}
+
+/// The uint8 quantization of one activation tensor (`x = scale * (q - zero_point)`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ActivationScale {
+    pub scale: f32,
+    pub zero_point: u8,
+}
+
+/// Static QDQ quantization of a graph ([`super::quantize`] computes it): per value of the
+/// graph, the scale its `QuantizeLinear`/`DequantizeLinear` pair uses, or `None` where the
+/// value stays float. The weights of every convolution whose input is quantized become
+/// per-output-channel symmetric int8, its bias int32 at input scale times weight scale:
+/// the pattern onnxruntime fuses into `QLinearConv`.
+#[derive(Clone, Debug, Default)]
+pub struct Qdq {
+    pub activations: Vec<Option<ActivationScale>>,
+}
+
+/// What [`export_with`] writes beyond the float graph.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExportOptions<'a> {
+    /// Values also exposed as float outputs named `v<index>`, to record their ranges
+    /// (calibration). Not the input: its range is known without running anything.
+    pub probes: &'a [Value],
+    /// The QDQ quantization to write, if any.
+    pub qdq: Option<&'a Qdq>,
+}
+
+/// Per-output-channel symmetric int8 of `weights` (`[out, ...]` row-major): the values
+/// and one scale per channel (1 for an all-zero channel, whose values are all 0).
+pub fn int8_per_channel(weights: &[f32], out_channels: usize) -> (Vec<i8>, Vec<f32>) {
+    let per = weights.len() / out_channels.max(1);
+    let mut values = Vec::with_capacity(weights.len());
+    let mut scales = Vec::with_capacity(out_channels);
+    for channel in weights.chunks(per.max(1)) {
+        let max = channel.iter().fold(0f32, |m, w| m.max(w.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        scales.push(scale);
+        values.extend(
+            channel
+                .iter()
+                .map(|w| (w / scale).round().clamp(-127.0, 127.0) as i8),
+        );
+    }
+    (values, scales)
+}
+
 /// A tensor dimension: a fixed size or a symbolic name.
 enum Dim<'a> {
     Fixed(usize),
@@ -128,6 +189,17 @@ fn value_info(name: &str, dims: &[Dim]) -> Message {
     }
     let mut tensor_type = Message::default();
     tensor_type.int(1, FLOAT as i64).message(2, &shape);
+    let mut type_proto = Message::default();
+    type_proto.message(1, &tensor_type);
+    let mut m = Message::default();
+    m.string(1, name).message(2, &type_proto);
+    m
+}
+
+/// `ValueInfoProto` of a float tensor whose shape is left to the runtime (probes).
+fn value_info_unshaped(name: &str) -> Message {
+    let mut tensor_type = Message::default();
+    tensor_type.int(1, FLOAT as i64);
     let mut type_proto = Message::default();
     type_proto.message(1, &tensor_type);
     let mut m = Message::default();
@@ -188,6 +260,100 @@ impl Writer<'_> {
             Activation::Relu6 => self.node("Clip", &[input, CLIP_MIN, CLIP_MAX], output, &[]),
         }
     }
+
+    /// `value` through `QuantizeLinear` and `DequantizeLinear` into `{value}_dq`.
+    fn fake_quantize(&mut self, value: &str, q: ActivationScale) {
+        let (scale, zero) = (format!("{value}_q_scale"), format!("{value}_q_zero_point"));
+        self.initializer(&scale, &[], &[q.scale]);
+        self.graph
+            .message(5, &raw_tensor(&zero, &[], Q_UINT8, &[q.zero_point]));
+        let quantized = format!("{value}_q");
+        self.node("QuantizeLinear", &[value, &scale, &zero], &quantized, &[]);
+        let out = format!("{value}_dq");
+        self.node("DequantizeLinear", &[&quantized, &scale, &zero], &out, &[]);
+    }
+
+    /// The convolution weight `wkey` (and bias `bkey`) as int8 (int32) initializers, each
+    /// through a per-channel `DequantizeLinear`; returns the names the `Conv` reads.
+    fn int8_conv_weights(
+        &mut self,
+        wkey: &str,
+        dims: &[usize],
+        bkey: Option<&str>,
+        input_scale: f32,
+    ) -> Result<(String, Option<String>)> {
+        let get = |key: &str, len: usize| -> Result<Vec<f32>> {
+            let t = self
+                .tensors
+                .get(key)
+                .ok_or_else(|| Error::Invalid(format!("ONNX export: missing weight '{key}'")))?;
+            if t.data.len() != len {
+                return Err(Error::Invalid(format!(
+                    "ONNX export: weight '{key}' has {} values, expected {len}",
+                    t.data.len()
+                )));
+            }
+            Ok(t.data.clone())
+        };
+        let out_ch = dims[0];
+        let weights = get(wkey, dims.iter().product())?;
+        let bias = bkey.map(|k| get(k, out_ch)).transpose()?;
+        let (values, scales) = int8_per_channel(&weights, out_ch);
+        let raw: Vec<u8> = values.iter().map(|v| *v as u8).collect();
+        let per_channel = |w: &mut Self,
+                           tensor: &str,
+                           shape: &[usize],
+                           data_type: i64,
+                           raw: &[u8],
+                           scales: &[f32]| {
+            let (q, scale, zero) = (
+                format!("{tensor}_q"),
+                format!("{tensor}_scale"),
+                format!("{tensor}_zero_point"),
+            );
+            let zero_bytes = vec![0u8; out_ch * if data_type == Q_INT32 { 4 } else { 1 }];
+            w.graph.message(5, &raw_tensor(&q, shape, data_type, raw));
+            w.initializer(&scale, &[out_ch], scales);
+            w.graph
+                .message(5, &raw_tensor(&zero, &[out_ch], data_type, &zero_bytes));
+            let out = format!("{tensor}_dq");
+            w.node(
+                "DequantizeLinear",
+                &[&q, &scale, &zero],
+                &out,
+                &[("axis", Attr::Int(0))],
+            );
+            out
+        };
+        let wname = per_channel(self, wkey, dims, Q_INT8, &raw, &scales);
+        let bname = match (bkey, bias) {
+            (Some(bkey), Some(bias)) => {
+                // onnxruntime fuses a bias only as int32 at input scale x weight scale.
+                let bias_scales: Vec<f32> = scales.iter().map(|s| s * input_scale).collect();
+                let raw: Vec<u8> = bias
+                    .iter()
+                    .zip(&bias_scales)
+                    .flat_map(|(b, s)| {
+                        let q = (f64::from(*b) / f64::from(*s))
+                            .round()
+                            .clamp(f64::from(i32::MIN), f64::from(i32::MAX))
+                            as i32;
+                        q.to_le_bytes()
+                    })
+                    .collect();
+                Some(per_channel(
+                    self,
+                    bkey,
+                    &[out_ch],
+                    Q_INT32,
+                    &raw,
+                    &bias_scales,
+                ))
+            }
+            _ => None,
+        };
+        Ok((wname, bname))
+    }
 }
 
 const CLIP_MIN: &str = "relu6_min";
@@ -204,6 +370,26 @@ fn name(v: Value) -> String {
 /// Serializes `graph` with the weights in `tensors` (as [`super::fold::fold_for_inference`]
 /// returns them) into an ONNX `ModelProto`.
 pub fn export(graph: &Graph, tensors: &TensorMap) -> Result<Vec<u8>> {
+    export_with(graph, tensors, ExportOptions::default())
+}
+
+/// [`export`] with calibration probes or QDQ quantization ([`ExportOptions`]).
+pub fn export_with(
+    graph: &Graph,
+    tensors: &TensorMap,
+    options: ExportOptions<'_>,
+) -> Result<Vec<u8>> {
+    let quantized = |v: Value| {
+        options
+            .qdq
+            .and_then(|q| q.activations.get(v.0).copied().flatten())
+    };
+    // Shadows the free `name` for the consumers below: a quantized value is read through
+    // its dequantized copy, so that onnxruntime sees DequantizeLinear -> op -> Quantize.
+    let name = |v: Value| match quantized(v) {
+        Some(_) => format!("{}_dq", self::name(v)),
+        None => self::name(v),
+    };
     let mut w = Writer {
         graph: Message::default(),
         tensors,
@@ -226,7 +412,8 @@ pub fn export(graph: &Graph, tensors: &TensorMap) -> Result<Vec<u8>> {
         w.initializer(CLIP_MAX, &[], &[6.0]);
     }
     for (i, node) in graph.nodes.iter().enumerate() {
-        let out = name(Value(i));
+        // The producer writes the float value under its plain name.
+        let out = self::name(Value(i));
         match &node.op {
             Op::Input => {
                 if i != 0 {
@@ -249,13 +436,22 @@ pub fn export(graph: &Graph, tensors: &TensorMap) -> Result<Vec<u8>> {
                 let out_ch = node.shape.channels();
                 let wkey = format!("{key}.weight");
                 let groups = (*groups).max(1);
-                w.weight(&wkey, &[out_ch, in_ch / groups, kernel[0], kernel[1]])?;
-                let input = name(*input);
-                let mut inputs = vec![input.as_str(), wkey.as_str()];
+                let dims = [out_ch, in_ch / groups, kernel[0], kernel[1]];
                 let bkey = format!("{key}.bias");
-                if *bias {
-                    w.weight(&bkey, &[out_ch])?;
-                    inputs.push(&bkey);
+                let (wname, bname) = match quantized(*input) {
+                    Some(q) => w.int8_conv_weights(&wkey, &dims, bias.then_some(&bkey), q.scale)?,
+                    None => {
+                        w.weight(&wkey, &dims)?;
+                        if *bias {
+                            w.weight(&bkey, &[out_ch])?;
+                        }
+                        (wkey.clone(), bias.then(|| bkey.clone()))
+                    }
+                };
+                let input = name(*input);
+                let mut inputs = vec![input.as_str(), wname.as_str()];
+                if let Some(bname) = &bname {
+                    inputs.push(bname);
                 }
                 let conv_out = match activation {
                     Activation::None => out.clone(),
@@ -393,6 +589,9 @@ pub fn export(graph: &Graph, tensors: &TensorMap) -> Result<Vec<u8>> {
                 );
             }
         }
+        if let Some(q) = quantized(Value(i)) {
+            w.fake_quantize(&out, q);
+        }
     }
     // Identity nodes give the outputs their public names whatever node produced them;
     // onnxruntime removes them when it optimizes the graph.
@@ -431,6 +630,10 @@ pub fn export(graph: &Graph, tensors: &TensorMap) -> Result<Vec<u8>> {
                 ],
             ),
         );
+    }
+
+    for probe in options.probes {
+        g.message(12, &value_info_unshaped(&self::name(*probe)));
     }
 
     // OperatorSetIdProto: domain = 1 (empty: the default ONNX domain), version = 2.

@@ -107,9 +107,11 @@ pub fn preprocessing_json(bundle: &Bundle) -> serde_json::Value {
 ///
 /// Input `pixels` uint8 `[N, S, S, 3]`; outputs `probabilities` `[N, C]` and `features`
 /// `[N, D]`; labels, backbone, preprocessing, model id and graft version in
-/// `metadata_props` (keys `graft.*`).
+/// `metadata_props` (keys `graft.*`). With `int8`, the backbone is QDQ-quantized
+/// ([`crate::engine::quantize`]) calibrated on those images; the head stays float.
 pub fn classifier_onnx(
     bundle: &Bundle,
+    int8: Option<crate::engine::CalibrationSet<'_>>,
     progress: &dyn crate::progress::Progress,
 ) -> Result<Vec<u8>> {
     let m = &bundle.manifest;
@@ -117,7 +119,22 @@ pub fn classifier_onnx(
     let temperature = bundle.manifest.temperature;
     let (folded, folded_tensors) = crate::engine::folded_graph(m.backbone, &tensors, &origin)?;
     let (graph, tensors) = classifier_graph(&folded, &folded_tensors, &bundle.head)?;
-    let backbone_model = onnx::export(&graph, &tensors)?;
+    let precision = if int8.is_some() { "int8" } else { "fp32" };
+    let backbone_model = match int8 {
+        None => onnx::export(&graph, &tensors)?,
+        Some(calibration) => {
+            progress.begin("calibrating int8", calibration.images as u64);
+            let model = crate::engine::quantize::quantize(
+                &graph,
+                &tensors,
+                (calibration.batches)(),
+                crate::engine::quantize::RangeMethod::DEFAULT,
+                progress,
+            );
+            progress.finish();
+            model?
+        }
+    };
     let labels = serde_json::to_string(&m.labels).map_err(|e| Error::Invalid(e.to_string()))?;
     let preprocessing = preprocessing_json(bundle).to_string();
     let s = m.preprocess.size;
@@ -145,6 +162,7 @@ pub fn classifier_onnx(
         ("graft.weights_sha256", m.weights_sha256.clone()),
         ("graft.preprocessing", preprocessing),
         ("graft.temperature", temperature.to_string()),
+        ("graft.precision", precision.to_string()),
         ("graft.model_id", bundle.model_id()),
         ("graft.version", env!("CARGO_PKG_VERSION").to_string()),
     ];

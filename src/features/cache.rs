@@ -757,5 +757,10 @@ mod tests {
         assert_ne!(a.key(&img, ""), a.key(&img, "flip"));
         assert_ne!(a.key(&img, ""), a.key(&[2u8; 32], ""));
         assert_eq!(a.key(&img, ""), a.key(&img, ""));
+        // int8 features are another model's: their own keys; fp32 keys are unchanged.
+        let int8 = ModelFingerprint::with_variant(BackboneId::EfficientNetLite0, "w1", "int8:k");
+        let fp32 = ModelFingerprint::with_variant(BackboneId::EfficientNetLite0, "w1", "");
+        assert_ne!(a.key(&img, ""), int8.key(&img, ""));
+        assert_eq!(a.key(&img, ""), fp32.key(&img, ""));
     }
 }

@@ -122,8 +122,11 @@ pub fn cached_views(
     stage: &str,
     progress: &dyn Progress,
 ) -> Result<CachedViews> {
-    let fingerprint =
-        ModelFingerprint::with_variant(backbone.id, &backbone.weights_sha256, &backbone.variant);
+    let fingerprint = ModelFingerprint::with_variant(
+        backbone.id,
+        &backbone.weights_sha256,
+        &backbone.cache_variant(),
+    );
     let mut out = CachedViews {
         features: vec![None; requests.len()],
         ..Default::default()

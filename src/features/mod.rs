@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod cached;
+pub mod calibration;
 pub mod extract;
 pub mod file;
 pub mod parquet;

@@ -1,0 +1,304 @@
+//! Static int8 quantization of a folded backbone graph, in the QDQ form onnxruntime fuses
+//! into integer kernels (`QLinearConv`, `QLinearAdd`, ...): per-output-channel symmetric
+//! int8 weights, and per-tensor uint8 activations whose scale and zero point come from a
+//! calibration pass (the float graph run on calibration images, the range of every
+//! quantized tensor recorded).
+//!
+//! Written by hand because onnxruntime's quantization tool is Python-only (and works on a
+//! finished ONNX file, where graft has the graph itself); the rules follow that tool's
+//! defaults for CPUs with VNNI: QDQ format, uint8 activations, int8 per-channel weights,
+//! int32 bias at input scale x weight scale, every range widened to include 0.
+//!
+//! What is quantized: the output of every convolution, addition, concatenation, pooling
+//! window and activation, and any value such an op reads (the network input when a
+//! convolution reads it directly). The global pooling that makes the features and the
+//! ImageNet classifier stay float: they are a sliver of the work, and the features keep
+//! their full resolution for the head.
+
+use super::onnx::{ActivationScale, ExportOptions, Qdq};
+use crate::backbone::graph::{Graph, Op, Value};
+use crate::error::{Error, Result};
+use crate::weights::TensorMap;
+
+/// Bumped when the quantization rules change, retiring every quantized model cached.
+pub const QUANTIZER_VERSION: &str = "graft-int8/1";
+
+/// How a tensor's range is taken from the calibration batches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RangeMethod {
+    /// The smallest and largest value seen.
+    MinMax,
+    /// Per batch, the value below which this percent of the tensor lies (and its mirror
+    /// for the minimum), averaged over batches: outliers no longer stretch the scale.
+    Percentile(f32),
+}
+
+impl RangeMethod {
+    /// The method graft uses: the one that kept top-1 closest to float (docs/int8.md).
+    pub const DEFAULT: RangeMethod = RangeMethod::MinMax;
+
+    pub fn tag(self) -> String {
+        match self {
+            RangeMethod::MinMax => "minmax".to_string(),
+            RangeMethod::Percentile(p) => format!("percentile-{p}"),
+        }
+    }
+}
+
+/// Whether an op runs on quantized tensors (reads and writes them).
+fn integer_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Conv { .. }
+            | Op::BatchNorm { .. }
+            | Op::Activation { .. }
+            | Op::Add { .. }
+            | Op::Concat { .. }
+            | Op::MaxPool { .. }
+            | Op::AvgPool { .. }
+    )
+}
+
+/// For each value of `graph`, whether it gets a QuantizeLinear/DequantizeLinear pair: the
+/// outputs of integer ops and everything an integer op reads.
+pub fn quantized_values(graph: &Graph) -> Vec<bool> {
+    let mut quantized: Vec<bool> = graph.nodes.iter().map(|n| integer_op(&n.op)).collect();
+    for node in &graph.nodes {
+        if integer_op(&node.op) {
+            for input in node.op.inputs() {
+                quantized[input.0] = true;
+            }
+        }
+    }
+    quantized
+}
+
+/// Running range of one tensor over the calibration batches.
+#[derive(Clone, Copy, Debug)]
+struct Range {
+    min: f64,
+    max: f64,
+    batches: usize,
+}
+
+impl Range {
+    const EMPTY: Range = Range {
+        min: 0.0,
+        max: 0.0,
+        batches: 0,
+    };
+
+    fn add(&mut self, values: &[f32], method: RangeMethod) {
+        if values.is_empty() {
+            return;
+        }
+        let (lo, hi) = match method {
+            RangeMethod::MinMax => values
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v))),
+            RangeMethod::Percentile(p) => {
+                let mut sorted = values.to_vec();
+                let at = |sorted: &mut Vec<f32>, q: f64| {
+                    let k = ((sorted.len() - 1) as f64 * q).round() as usize;
+                    *sorted.select_nth_unstable_by(k, f32::total_cmp).1
+                };
+                let q = f64::from(p) / 100.0;
+                (at(&mut sorted, 1.0 - q), at(&mut sorted, q))
+            }
+        };
+        if !lo.is_finite() || !hi.is_finite() {
+            return;
+        }
+        let (lo, hi) = (f64::from(lo), f64::from(hi));
+        match method {
+            RangeMethod::MinMax if self.batches > 0 => {
+                self.min = self.min.min(lo);
+                self.max = self.max.max(hi);
+            }
+            RangeMethod::Percentile(_) if self.batches > 0 => {
+                let n = self.batches as f64;
+                self.min = (self.min * n + lo) / (n + 1.0);
+                self.max = (self.max * n + hi) / (n + 1.0);
+            }
+            _ => {
+                self.min = lo;
+                self.max = hi;
+            }
+        }
+        self.batches += 1;
+    }
+}
+
+/// The uint8 scale and zero point of the range `[min, max]`, widened to include 0 so
+/// that zero (padding, ReLU's floor) is exact.
+pub fn activation_scale(min: f32, max: f32) -> ActivationScale {
+    let (min, max) = (min.min(0.0), max.max(0.0));
+    let scale = (max - min) / 255.0;
+    if !(scale.is_finite() && scale > f32::MIN_POSITIVE) {
+        return ActivationScale {
+            scale: 1.0,
+            zero_point: 0,
+        };
+    }
+    ActivationScale {
+        scale,
+        zero_point: (-min / scale).round().clamp(0.0, 255.0) as u8,
+    }
+}
+
+/// Runs the float `graph` on every calibration batch and records the range of every
+/// value [`quantized_values`] picks; returns the QDQ parameters.
+///
+/// `batches` yields preprocessed images `[n, 3, S, S]` and their count `n`.
+pub fn calibrate(
+    graph: &Graph,
+    tensors: &TensorMap,
+    batches: impl IntoIterator<Item = Result<(Vec<f32>, usize)>>,
+    method: RangeMethod,
+    progress: &dyn crate::progress::Progress,
+) -> Result<Qdq> {
+    let quantized = quantized_values(graph);
+    // The input's range is read from the pixels themselves; an ONNX input cannot be an
+    // output too.
+    let probes: Vec<Value> = (1..graph.nodes.len())
+        .filter(|i| quantized[*i])
+        .map(Value)
+        .collect();
+    let model = super::onnx::export_with(
+        graph,
+        tensors,
+        ExportOptions {
+            probes: &probes,
+            qdq: None,
+        },
+    )?;
+    let environment = super::onnxruntime::environment(progress)?;
+    let failed = |e: String| Error::Engine(format!("onnxruntime (int8 calibration): {e}"));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut session = ort::session::Session::builder(environment)
+        .map_err(|e| failed(e.to_string()))?
+        .with_intra_threads(threads)
+        .map_err(|e| failed(e.to_string()))?
+        .commit_from_memory(&model)
+        .map_err(|e| failed(format!("cannot load the calibration model: {e}")))?;
+    let [c, h, w] = match graph.input_shape() {
+        crate::backbone::graph::Shape::Map {
+            channels,
+            height,
+            width,
+        } => [*channels, *height, *width],
+        _ => return Err(Error::Engine("the graph input is not an image".into())),
+    };
+    let mut ranges = vec![Range::EMPTY; graph.nodes.len()];
+    let mut images = 0usize;
+    for batch in batches {
+        let (pixels, n) = batch?;
+        if n == 0 {
+            continue;
+        }
+        if pixels.len() != n * c * h * w {
+            return Err(Error::Engine(format!(
+                "int8 calibration: expected {n}x{c}x{h}x{w} input values, got {}",
+                pixels.len()
+            )));
+        }
+        if quantized[0] {
+            ranges[0].add(&pixels, method);
+        }
+        let tensor = ort::value::Tensor::from_array(([n, c, h, w], pixels))
+            .map_err(|e| failed(e.to_string()))?;
+        let outputs = session
+            .run(ort::inputs!["pixels" => tensor])
+            .map_err(|e| failed(e.to_string()))?;
+        for probe in &probes {
+            let key = format!("v{}", probe.0);
+            let value = outputs
+                .get(key.as_str())
+                .ok_or_else(|| failed(format!("no output '{key}'")))?;
+            let (_, data) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| failed(e.to_string()))?;
+            ranges[probe.0].add(data, method);
+        }
+        images += n;
+        progress.advance(n as u64);
+    }
+    if images == 0 {
+        return Err(Error::Invalid(
+            "int8 calibration needs at least one image; none could be decoded".into(),
+        ));
+    }
+    let mut activations: Vec<Option<ActivationScale>> = ranges
+        .iter()
+        .zip(&quantized)
+        .map(|(range, q)| q.then(|| activation_scale(range.min as f32, range.max as f32)))
+        .collect();
+    // Max pooling picks values of its input: with the input's scale, onnxruntime runs it
+    // on the integers directly instead of dequantizing around it.
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if let Op::MaxPool { input, .. } = node.op {
+            activations[i] = activations[input.0];
+        }
+    }
+    Ok(Qdq { activations })
+}
+
+/// The QDQ-quantized ONNX model of the folded `graph` with `tensors`, calibrated on
+/// `batches` of preprocessed images (see [`calibrate`]): what `graft ... --precision
+/// int8` runs, and what an export with int8 quantization writes.
+pub fn quantize(
+    graph: &Graph,
+    tensors: &TensorMap,
+    batches: impl IntoIterator<Item = Result<(Vec<f32>, usize)>>,
+    method: RangeMethod,
+    progress: &dyn crate::progress::Progress,
+) -> Result<Vec<u8>> {
+    let qdq = calibrate(graph, tensors, batches, method, progress)?;
+    super::onnx::export_with(
+        graph,
+        tensors,
+        ExportOptions {
+            probes: &[],
+            qdq: Some(&qdq),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_ranges_include_zero_and_map_it_exactly() {
+        let relu = activation_scale(0.0, 6.0);
+        assert_eq!(relu.zero_point, 0);
+        assert!((relu.scale - 6.0 / 255.0).abs() < 1e-7);
+        let signed = activation_scale(-1.0, 3.0);
+        let zero = signed.zero_point as f32 * signed.scale;
+        assert!((zero - 1.0).abs() < signed.scale / 2.0, "{signed:?}");
+        // A range that excludes 0 is widened to it.
+        assert_eq!(activation_scale(2.0, 4.0).zero_point, 0);
+        // A constant-zero tensor gets a usable scale, not a division by zero.
+        assert_eq!(activation_scale(0.0, 0.0).scale, 1.0);
+    }
+
+    #[test]
+    fn per_channel_weights_are_symmetric_per_output_channel() {
+        let weights = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 2.0, 1.0, -2.0];
+        let (q, scales) = super::super::onnx::int8_per_channel(&weights, 3);
+        assert_eq!(q, [64, -127, 32, 0, 0, 0, 127, 64, -127]);
+        assert_eq!(scales, [1.0 / 127.0, 1.0, 2.0 / 127.0]);
+    }
+
+    #[test]
+    fn percentile_ranges_ignore_outliers_that_minmax_keeps() {
+        let mut values: Vec<f32> = (0..1000).map(|i| i as f32 / 1000.0).collect();
+        values[7] = 100.0;
+        let mut minmax = Range::EMPTY;
+        minmax.add(&values, RangeMethod::MinMax);
+        assert_eq!(minmax.max, 100.0);
+        let mut pct = Range::EMPTY;
+        pct.add(&values, RangeMethod::Percentile(99.9));
+        assert!(pct.max < 1.0, "{pct:?}");
+    }
+}
