@@ -196,18 +196,23 @@ fn the_exported_classifier_agrees_with_predict_in_onnxruntime_for_python() {
 #[test]
 fn a_temperature_in_the_manifest_divides_the_logits_in_the_graph() {
     let work = tempfile::tempdir().unwrap();
-    // A copy of the model whose manifest records a temperature.
-    let warm = work.path().join("warm");
-    std::fs::create_dir(&warm).unwrap();
-    for f in ["head.safetensors", "labels.txt"] {
-        std::fs::copy(model().join(f), warm.join(f)).unwrap();
-    }
-    let mut manifest: Value =
-        serde_json::from_slice(&std::fs::read(model().join("manifest.json")).unwrap()).unwrap();
-    manifest["temperature"] = 2.0.into();
-    std::fs::write(warm.join("manifest.json"), manifest.to_string()).unwrap();
+    // Two copies of the model whose manifests record temperatures 1 and 2 (the trained
+    // model has its own fitted temperature, which both replace).
+    let copy = |name: &str, temperature: f64| {
+        let dir = work.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        for f in ["head.safetensors", "labels.txt"] {
+            std::fs::copy(model().join(f), dir.join(f)).unwrap();
+        }
+        let mut manifest: Value =
+            serde_json::from_slice(&std::fs::read(model().join("manifest.json")).unwrap()).unwrap();
+        manifest["temperature"] = temperature.into();
+        std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+        dir
+    };
+    let (cold, warm) = (copy("cold", 1.0), copy("warm", 2.0));
     let (plain, scaled) = (work.path().join("t1.onnx"), work.path().join("t2.onnx"));
-    ok(graft(&["export", s(model()), "-o", s(&plain)]));
+    ok(graft(&["export", s(&cold), "-o", s(&plain)]));
     ok(graft(&["export", s(&warm), "-o", s(&scaled)]));
     let photo = first_photo();
     let out = check_export(&["temperature", s(&plain), s(&scaled), "2", s(&photo)]);
