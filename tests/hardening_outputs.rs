@@ -526,7 +526,10 @@ fn d01_extract_and_export_onnx_refuse_a_user_file_and_replace_their_own() {
             &["export-onnx", "--backbone", BACKBONE, "--output", s(out)],
         )
     };
-    export(&onnx).assert_error(&[s(&onnx), "not an ONNX model written by `graft export` or `graft export-onnx`"]);
+    export(&onnx).assert_error(&[
+        s(&onnx),
+        "not an ONNX model written by `graft export` or `graft export-onnx`",
+    ]);
     assert_eq!(std::fs::read(&onnx).unwrap(), b"\x08\x07\x12\x07pytorch");
     let own = dir.path().join("lite0.onnx");
     export(&own).assert_code(0);

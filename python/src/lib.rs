@@ -428,8 +428,14 @@ impl Model {
         let k = check_k(k)?;
         let (predictions, skipped) = py
             .allow_threads(|| {
-                self.predictor
-                    .predict_paths(&paths, k, 1, options, &Messages)
+                self.predictor.predict_paths(
+                    &paths,
+                    k,
+                    1,
+                    self.predictor.unknown_below(None),
+                    options,
+                    &Messages,
+                )
             })
             .map_err(py_err)?;
         if let Some(s) = skipped.first() {
@@ -632,6 +638,9 @@ fn train(
         },
         distortion_mode,
         distorted_variants,
+        // The Python API has no --unknown-below or --fine-tune yet (docs/python.md).
+        unknown_below: None,
+        fine_tune: None,
     };
     let outcome = py
         .allow_threads(|| {
