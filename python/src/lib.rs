@@ -641,6 +641,8 @@ fn train(
         // The Python API has no --unknown-below or --fine-tune yet (docs/python.md).
         unknown_below: None,
         fine_tune: None,
+        // fp32 on the engine graft picks, as the CLI without --precision.
+        backbone_run: Default::default(),
     };
     let outcome = py
         .allow_threads(|| {
