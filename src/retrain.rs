@@ -262,6 +262,13 @@ pub fn retrain_from_features(
 ) -> Result<RetrainOutcome> {
     let run_started = std::time::Instant::now();
     options.distortions.check()?;
+    if options.backbone_run.precision != crate::engine::Precision::Fp32 {
+        return Err(Error::Invalid(
+            "--features trains on the features the files hold, which are fp32: leave out \
+             --precision"
+                .into(),
+        ));
+    }
     let parts = crate::features::parquet::read_parts(&source.parts)?;
     if let Some(asked) = source.backbone {
         if asked != parts.backbone {
@@ -486,7 +493,10 @@ fn train_on(
             "distortion_mode": options.distortion_mode,
             "distorted_variants": options.distorted_variants,
             // Where `--precision int8` finds calibration images by default.
-            "precision": backbone.precision().name(),
+            "precision": images
+                .as_ref()
+                .map_or(crate::engine::Precision::Fp32, |i| i.backbone.precision())
+                .name(),
             "image_dir": std::fs::canonicalize(&dataset.root).unwrap_or_else(|_| dataset.root.clone()),
         }),
         split_sizes: split_sizes.clone(),
