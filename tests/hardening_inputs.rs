@@ -1,5 +1,6 @@
 //! Regression tests for issue 15's defects in how folders are walked and how photos are
-//! decoded (D3, D4, D11, D18), through the real binary on real grocery photos.
+//! decoded (D3, D4, D11, D18), and a standard output closed early, through the real binary
+//! on real grocery photos.
 //!
 //! Like tests/retrain.rs: every test has its own temporary folder and `--bottleneck-dir`
 //! (the feature cache locks its file); all share one `GRAFT_HOME` holding the Lite0
@@ -763,4 +764,31 @@ fn d18_non_utf8_names_are_skipped_named_with_escapes_never_merged() {
         t.dir.display()
     )]);
     assert_eq!(predict.stdout.lines().count(), 2, "{}", predict.both());
+}
+
+/// `graft stats DIR | head -1`: the reader goes away before graft has printed its table.
+/// graft must end as Unix tools do (killed by SIGPIPE, nothing said), not panic in
+/// `println!` ("failed printing to stdout: Broken pipe", exit code 101).
+#[test]
+fn a_closed_standard_output_ends_a_batch_command_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(["stats", s(&photos_root())])
+        .env("GRAFT_HOME", home())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closing the only read end: every write graft makes to standard output fails.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "expected the end by SIGPIPE, got {:?}; stderr:\n{stderr}",
+        out.status
+    );
 }

@@ -80,6 +80,9 @@ const EXIT_SKIPPED: u8 = 3;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        die_quietly_on_closed_pipe();
+    }
     // A service logs each request; the batch commands only say what went wrong.
     let default_log = match cli.command {
         Command::Serve(_) => "warn,graft::serve=info",
@@ -111,6 +114,20 @@ pub fn main() -> ExitCode {
             eprintln!("error: {}", error_text(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `graft evaluate ... | head` closes graft's standard output early. Rust ignores SIGPIPE,
+/// so the next `println!` would panic ("failed printing to stdout"); the batch commands
+/// instead end the way Unix tools do when their reader has gone: killed by SIGPIPE, without
+/// a word. `serve` keeps SIGPIPE ignored, so a client that hangs up is an error on that
+/// connection, not the end of the server. No crate does this (it is one libc call).
+fn die_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread is
+    // spawned; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
