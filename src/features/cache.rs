@@ -28,7 +28,7 @@ const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("features-v1")
 
 /// The version of how an image file becomes a feature vector (decoding, preprocessing);
 /// bumping it retires every entry computed the old way.
-const FEATURES_VERSION: &str = "graft-features/2";
+const FEATURES_VERSION: &str = "graft-features/3";
 
 /// What a feature vector depends on, apart from the image.
 #[derive(Debug, Clone)]
@@ -54,7 +54,8 @@ impl ModelFingerprint {
         for part in [
             // 2: decoding honours EXIF orientation. A cache written before holds the
             // features of unturned pixels under the very same file hash, so those entries
-            // must stop matching.
+            // must stop matching. 3: the resize runs its horizontal pass first, as PIL
+            // does (src/image/preprocess.rs), so resampled pixels differ by a level.
             FEATURES_VERSION,
             backbone.name(),
             weights_sha256,
@@ -729,21 +730,24 @@ mod tests {
     }
 
     #[test]
-    fn entries_from_before_exif_orientation_do_not_match() {
-        // The fingerprint graft wrote before decoding honoured EXIF orientation: its
-        // entries hold unturned features under the same file hashes.
+    fn entries_from_older_preprocessing_do_not_match() {
+        // The fingerprints graft wrote before decoding honoured EXIF orientation (1) and
+        // before the resize ran its passes in PIL's order (2): their entries hold other
+        // pixels' features under the same file hashes.
         let backbone = BackboneId::EfficientNetLite0;
         let preprocess = serde_json::to_string(&backbone.spec().preprocess).unwrap();
-        let mut h = Sha256::new();
-        for part in ["graft-features/1", backbone.name(), "w", &preprocess] {
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part.as_bytes());
-        }
-        let old = ModelFingerprint {
-            digest: h.finalize().into(),
-        };
         let new = ModelFingerprint::new(backbone, "w");
-        assert_ne!(old.key(&[3; 32], ""), new.key(&[3; 32], ""));
+        for version in ["graft-features/1", "graft-features/2"] {
+            let mut h = Sha256::new();
+            for part in [version, backbone.name(), "w", &preprocess] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+            let old = ModelFingerprint {
+                digest: h.finalize().into(),
+            };
+            assert_ne!(old.key(&[3; 32], ""), new.key(&[3; 32], ""), "{version}");
+        }
     }
 
     #[test]

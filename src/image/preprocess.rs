@@ -29,7 +29,16 @@ pub fn crop_resize(rgb: &RgbImage, p: &Preprocess) -> Result<RgbImage> {
 }
 
 /// Resizes the square `(left, top, side)` of `rgb` (source pixels, fractional) to
-/// `p.size x p.size` pixels with the backbone's filter.
+/// `p.size x p.size` pixels with the backbone's filter: a horizontal pass into an 8-bit
+/// image `p.size` wide, then a vertical one, as PIL's `resize` runs them.
+///
+/// One call to fast_image_resize per pass, not one for both: given both at once (5.5 and
+/// 6.0 alike), it convolves into a temporary image and shifts the other pass's bounds by
+/// the first bound's start, but the bounds it trims of zero weights are not always in
+/// order, and the shift wraps below zero into a read 12 GB away: a segfault, for instance
+/// on the window `(76.05479452054794, 19.06849315068493, 231.50684931506848)` of a 348x348
+/// photo, one of the random views `graft train --fine-tune 6` draws. A single pass uses
+/// its bounds as computed, each inside the image.
 pub fn resize_box(
     rgb: &RgbImage,
     p: &Preprocess,
@@ -40,13 +49,25 @@ pub fn resize_box(
         // PIL's BICUBIC is the Catmull-Rom kernel (a = -0.5).
         Filter::Bicubic => FilterType::CatmullRom,
     };
-    let options = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(filter))
-        .crop(left, top, side, side);
+    let pass = |left: f64, top: f64, width: f64, height: f64| {
+        ResizeOptions::new()
+            .resize_alg(ResizeAlg::Convolution(filter))
+            .crop(left, top, width, height)
+    };
+    let failed = |e: fast_image_resize::ResizeError| Error::Engine(format!("resize failed: {e}"));
+    let mut resizer = Resizer::new();
+    let mut wide = RgbImage::new(p.size, rgb.height());
+    resizer
+        .resize(
+            rgb,
+            &mut wide,
+            &pass(left, 0.0, side, f64::from(rgb.height())),
+        )
+        .map_err(failed)?;
     let mut out = RgbImage::new(p.size, p.size);
-    Resizer::new()
-        .resize(rgb, &mut out, &options)
-        .map_err(|e| Error::Engine(format!("resize failed: {e}")))?;
+    resizer
+        .resize(&wide, &mut out, &pass(0.0, top, f64::from(p.size), side))
+        .map_err(failed)?;
     Ok(out)
 }
 
@@ -99,6 +120,19 @@ mod tests {
         for (x, y, px) in sized.enumerate_pixels() {
             assert_eq!(*px, *img.get_pixel(x + 16, y + 16), "at {x},{y}");
         }
+    }
+
+    /// The window on which one fast_image_resize call for both passes read out of bounds
+    /// (a segfault): resized in two calls, it is the photo's colour, as any window of a
+    /// one-colour photo must be.
+    #[test]
+    fn a_window_that_crashed_the_two_pass_resize_resizes() {
+        let p = BackboneId::EfficientNetLite2.spec().preprocess;
+        let img = RgbImage::from_pixel(348, 348, ::image::Rgb([200, 100, 7]));
+        let window = (76.05479452054794, 19.06849315068493, 231.50684931506848);
+        let sized = resize_box(&img, &p, window).unwrap();
+        assert_eq!(sized.dimensions(), (p.size, p.size));
+        assert!(sized.pixels().all(|px| px.0 == [200, 100, 7]));
     }
 
     #[test]
