@@ -202,6 +202,18 @@ impl Manifest {
     }
 }
 
+/// What [`Bundle::backbone_weights`] gives: the backbone's tensors as the model runs them.
+pub struct BackboneWeights {
+    /// By checkpoint key: the installed base weights, the fine-tuned tensors in their place.
+    pub tensors: TensorMap,
+    /// The base weights' checksum (the published checkpoint's).
+    pub base_sha256: String,
+    /// The feature cache variant: empty for the published network, `fine-tune:<sha256>`.
+    pub cache_variant: String,
+    /// Where the weights came from, for messages.
+    pub origin: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Bundle {
     pub manifest: Manifest,
@@ -509,24 +521,20 @@ impl Bundle {
     /// weights, with the fine-tuned tensors in their place for a fine-tuned model. Every
     /// command that runs a model builds its backbone here.
     pub fn backbone(&self, choice: EngineChoice, progress: &dyn Progress) -> Result<Backbone> {
-        let (tensors, sha256, variant, origin) = self.backbone_weights(progress)?;
+        let weights = self.backbone_weights(progress)?;
         Backbone::from_graph(
             self.manifest.backbone,
             &crate::backbone::graph(self.manifest.backbone),
-            &tensors,
-            (sha256, variant),
-            &origin,
+            &weights.tensors,
+            (weights.base_sha256, weights.cache_variant),
+            &weights.origin,
             choice,
             progress,
         )
     }
 
-    /// The weights [`Bundle::backbone`] runs: (tensors by checkpoint key, base weights
-    /// checksum, cache variant, where they came from), for exporters.
-    pub fn backbone_weights(
-        &self,
-        progress: &dyn Progress,
-    ) -> Result<(TensorMap, String, String, String)> {
+    /// The weights [`Bundle::backbone`] runs, for exporters.
+    pub fn backbone_weights(&self, progress: &dyn Progress) -> Result<BackboneWeights> {
         let m = &self.manifest;
         let loaded = crate::weights::ensure(m.backbone, progress)?;
         if loaded.source_sha256 != m.weights_sha256 {
@@ -552,7 +560,12 @@ impl Bundle {
             }
             _ => String::new(),
         };
-        Ok((tensors, loaded.source_sha256, variant, origin))
+        Ok(BackboneWeights {
+            tensors,
+            base_sha256: loaded.source_sha256,
+            cache_variant: variant,
+            origin,
+        })
     }
 
     /// The model's class tree (flat when the manifest records none).

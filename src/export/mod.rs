@@ -115,7 +115,8 @@ pub fn classifier_onnx(
     progress: &dyn crate::progress::Progress,
 ) -> Result<Vec<u8>> {
     let m = &bundle.manifest;
-    let (tensors, _, _, origin) = bundle.backbone_weights(progress)?;
+    let weights = bundle.backbone_weights(progress)?;
+    let (tensors, origin) = (weights.tensors, weights.origin);
     let temperature = bundle.manifest.temperature;
     let (folded, folded_tensors) = crate::engine::folded_graph(m.backbone, &tensors, &origin)?;
     let (graph, tensors) = classifier_graph(&folded, &folded_tensors, &bundle.head)?;
