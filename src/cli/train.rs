@@ -118,8 +118,10 @@ pub struct Args {
     /// After the head, fine-tune the top N blocks of the backbone with it. For the
     /// EfficientNet-Lite backbones N counts MBConv blocks from the end, and the 1x1 head
     /// convolution always trains with them: Lite0 has 16 blocks (N at most 16), Lite1 and
-    /// Lite2 have 21 (at most 21). An epoch costs about 0.15 CPU-seconds per training image
-    /// with Lite2 and N = 6 (docs/fine-tuning.md). Inception V3 cannot be fine-tuned yet.
+    /// Lite2 have 21 (at most 21). On the grocery photos (2140 training images, 2 cores,
+    /// Lite2), N = 3 with 2 views and 6 epochs took 10 min 19 s (about 70 s an epoch), N = 6
+    /// with 4 views and 10 epochs 150-235 s an epoch on a busy machine (docs/fine-tuning.md).
+    /// Inception V3 cannot be fine-tuned yet.
     #[arg(long, value_name = "N", value_parser = values::count())]
     fine_tune: Option<usize>,
     /// Fine-tuning epochs (each: every training image once, in one of its cached views);
