@@ -44,11 +44,18 @@ pub fn resize_box(
     p: &Preprocess,
     (left, top, side): (f64, f64, f64),
 ) -> Result<RgbImage> {
-    let filter = match p.filter {
-        Filter::Bilinear => FilterType::Bilinear,
+    let (filter, support) = match p.filter {
+        Filter::Bilinear => (FilterType::Bilinear, 1.0),
         // PIL's BICUBIC is the Catmull-Rom kernel (a = -0.5).
-        Filter::Bicubic => FilterType::CatmullRom,
+        Filter::Bicubic => (FilterType::CatmullRom, 2.0),
     };
+    // The rows the vertical pass reaches: the window and the filter's radius around it
+    // (scaled when downsizing), as PIL's horizontal pass covers only those. Clamped to the
+    // photo; the result is the same as over every row.
+    let radius = support * (side / f64::from(p.size)).max(1.0);
+    let first_row = (top - radius).floor().max(0.0);
+    let end_row = (top + side + radius).ceil().min(f64::from(rgb.height()));
+    let rows = (end_row - first_row).max(1.0);
     let pass = |left: f64, top: f64, width: f64, height: f64| {
         ResizeOptions::new()
             .resize_alg(ResizeAlg::Convolution(filter))
@@ -56,17 +63,17 @@ pub fn resize_box(
     };
     let failed = |e: fast_image_resize::ResizeError| Error::Engine(format!("resize failed: {e}"));
     let mut resizer = Resizer::new();
-    let mut wide = RgbImage::new(p.size, rgb.height());
+    let mut wide = RgbImage::new(p.size, rows as u32);
     resizer
-        .resize(
-            rgb,
-            &mut wide,
-            &pass(left, 0.0, side, f64::from(rgb.height())),
-        )
+        .resize(rgb, &mut wide, &pass(left, first_row, side, rows))
         .map_err(failed)?;
     let mut out = RgbImage::new(p.size, p.size);
     resizer
-        .resize(&wide, &mut out, &pass(0.0, top, f64::from(p.size), side))
+        .resize(
+            &wide,
+            &mut out,
+            &pass(0.0, top - first_row, f64::from(p.size), side),
+        )
         .map_err(failed)?;
     Ok(out)
 }
@@ -133,6 +140,52 @@ mod tests {
         let sized = resize_box(&img, &p, window).unwrap();
         assert_eq!(sized.dimensions(), (p.size, p.size));
         assert!(sized.pixels().all(|px| px.0 == [200, 100, 7]));
+    }
+
+    /// The horizontal pass covers only the rows the vertical pass reaches: the same pixels
+    /// as running it over every row, for windows at the edges and inside, downsized and
+    /// enlarged, with both filters.
+    #[test]
+    fn the_horizontal_pass_over_the_reached_rows_gives_every_rows_result() {
+        let img = RgbImage::from_fn(348, 464, |x, y| {
+            ::image::Rgb([(x * 31 + y * 7) as u8, (x * y) as u8, (x ^ (y * 3)) as u8])
+        });
+        for backbone in [BackboneId::EfficientNetLite2, BackboneId::InceptionV3] {
+            let p = backbone.spec().preprocess;
+            let filter = match p.filter {
+                Filter::Bilinear => FilterType::Bilinear,
+                Filter::Bicubic => FilterType::CatmullRom,
+            };
+            for window in [
+                (0.0, 0.0, 348.0),
+                (0.0, 116.0, 348.0),
+                (76.05479452054794, 19.06849315068493, 231.50684931506848),
+                (10.3, 300.25, 163.7),
+                (200.5, 0.4, 120.0),
+            ] {
+                let (left, top, side) = window;
+                let options = |l, t, w, h| {
+                    ResizeOptions::new()
+                        .resize_alg(ResizeAlg::Convolution(filter))
+                        .crop(l, t, w, h)
+                };
+                let mut resizer = Resizer::new();
+                let mut wide = RgbImage::new(p.size, 464);
+                resizer
+                    .resize(&img, &mut wide, &options(left, 0.0, side, 464.0))
+                    .unwrap();
+                let mut every_row = RgbImage::new(p.size, p.size);
+                resizer
+                    .resize(
+                        &wide,
+                        &mut every_row,
+                        &options(0.0, top, f64::from(p.size), side),
+                    )
+                    .unwrap();
+                let sized = resize_box(&img, &p, window).unwrap();
+                assert!(sized == every_row, "{backbone:?} {window:?}");
+            }
+        }
     }
 
     #[test]
