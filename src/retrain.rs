@@ -14,7 +14,7 @@ use crate::dataset::split::{which_split, Split};
 use crate::engine::Backbone;
 use crate::error::{Error, Result};
 use crate::features::cache::FeatureCache;
-use crate::features::cached::{cached_features, cached_views, ViewRequest};
+use crate::features::cached::{cached_features, cached_views, cached_views_as, ViewRequest};
 use crate::features::{extract_views, ExtractOptions, Job, Skipped};
 use crate::finetune::train::{fine_tune, CutData, EpochEvent, FineTuneConfig};
 use crate::finetune::{Cut, FineTune};
@@ -852,7 +852,7 @@ impl FineTuneStage<'_> {
                 }
             }
         }
-        let views = cached_views(
+        let views = cached_views_as(
             &lower,
             self.cache,
             self.paths,
@@ -860,6 +860,7 @@ impl FineTuneStage<'_> {
             self.options.extract,
             "activations at the cut",
             progress,
+            CutData::keep,
         )?;
         on_event(RetrainEvent::Features {
             what: "activations at the cut",
@@ -884,14 +885,22 @@ impl FineTuneStage<'_> {
             vec![Vec::new(); train.1.len()],
             vec![Vec::new(); validation.1.len()],
         ];
+        let len = shape.iter().product::<usize>();
         for (&(split, row), f) in owners.iter().zip(views.features) {
             if let Some(f) = f {
+                if f.len() != len {
+                    return Err(Error::Engine(format!(
+                        "an activation at the cut has {} values where {shape:?} has {len}; \
+                         clear the feature cache (graft cache clear) and train again",
+                        f.len()
+                    )));
+                }
                 per_row[split][row].push(f);
             }
         }
         let [train_views, validation_views] = per_row;
         // A row whose image could not be read again has no views: it sits this out.
-        let split_data = |views: Vec<Vec<Vec<f32>>>, labels: &[usize]| {
+        let split_data = |views: Vec<Vec<Vec<half::f16>>>, labels: &[usize]| {
             let (views, labels): (Vec<_>, Vec<_>) = views
                 .into_iter()
                 .zip(labels.iter().copied())

@@ -99,10 +99,11 @@ pub struct ViewRequest {
 }
 
 /// Features of `requests`, index-aligned with them (`None` where the image could not be
-/// decoded), with the same cache statistics as [`CachedFeatures`].
-#[derive(Debug, Default)]
-pub struct CachedViews {
-    pub features: Vec<Option<Vec<f32>>>,
+/// decoded), with the same cache statistics as [`CachedFeatures`]. `T` is how each view is
+/// kept in memory (the vector itself, or a narrower copy: see [`cached_views_as`]).
+#[derive(Debug)]
+pub struct CachedViews<T = Vec<f32>> {
+    pub features: Vec<Option<T>>,
     pub hits: usize,
     pub extracted: usize,
     pub corrupt: usize,
@@ -122,14 +123,35 @@ pub fn cached_views(
     stage: &str,
     progress: &dyn Progress,
 ) -> Result<CachedViews> {
+    cached_views_as(backbone, cache, paths, requests, options, stage, progress, |f| f)
+}
+
+/// [`cached_views`], each view handed to `keep` as soon as it is read or extracted, so
+/// that a caller keeping a narrower copy (fine-tuning keeps activations at the cut as f16)
+/// never holds all of them as f32. The cache stores the f32 vectors either way.
+#[allow(clippy::too_many_arguments)]
+pub fn cached_views_as<T>(
+    backbone: &Backbone,
+    cache: &FeatureCache,
+    paths: &[PathBuf],
+    requests: &[ViewRequest],
+    options: ExtractOptions,
+    stage: &str,
+    progress: &dyn Progress,
+    mut keep: impl FnMut(Vec<f32>) -> T,
+) -> Result<CachedViews<T>> {
     let fingerprint = ModelFingerprint::with_variant(
         backbone.id,
         &backbone.weights_sha256,
         &backbone.cache_variant(),
     );
     let mut out = CachedViews {
-        features: vec![None; requests.len()],
-        ..Default::default()
+        features: std::iter::repeat_with(|| None).take(requests.len()).collect(),
+        hits: 0,
+        extracted: 0,
+        corrupt: 0,
+        skipped: Vec::new(),
+        extraction_seconds: 0.0,
     };
     let keys: Vec<[u8; 32]> = requests
         .iter()
@@ -139,7 +161,7 @@ pub fn cached_views(
     for (i, key) in keys.iter().enumerate() {
         match cache.get(key)? {
             Lookup::Hit(f) => {
-                out.features[i] = Some(f);
+                out.features[i] = Some(keep(f));
                 out.hits += 1;
             }
             Lookup::Miss => todo.push(i),
@@ -168,8 +190,8 @@ pub fn cached_views(
     let report = extract_views(backbone, paths, &jobs, options, stage, progress, |image| {
         let i = todo[image.index];
         let features = image.features.to_vec();
-        pending.push((keys[i], features.clone()));
-        out.features[i] = Some(features);
+        out.features[i] = Some(keep(features.clone()));
+        pending.push((keys[i], features));
         extracted += 1;
         if pending.len() >= commit_every {
             cache.put_many(&pending)?;
