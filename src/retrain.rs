@@ -100,6 +100,8 @@ impl FineTuneOptions {
         random_crop: 20.0,
         random_scale: 30.0,
         random_brightness: 20.0,
+        random_contrast: 0.0,
+        random_saturation: 0.0,
     };
 }
 
@@ -490,6 +492,8 @@ fn train_on(
             "random_crop": options.distortions.random_crop,
             "random_scale": options.distortions.random_scale,
             "random_brightness": options.distortions.random_brightness,
+            "random_contrast": options.distortions.random_contrast,
+            "random_saturation": options.distortions.random_saturation,
             "distortion_mode": options.distortion_mode,
             "distorted_variants": options.distorted_variants,
             // Where `--precision int8` finds calibration images by default.

@@ -486,7 +486,13 @@ fn d07_out_of_range_numbers_are_refused_at_parse_time_naming_the_flag() {
             cases.push(train(flag, v));
         }
     }
-    for flag in ["--random-crop", "--random-scale", "--random-brightness"] {
+    for flag in [
+        "--random-crop",
+        "--random-scale",
+        "--random-brightness",
+        "--random-contrast",
+        "--random-saturation",
+    ] {
         for v in ["nan", "inf", "-5", "250"] {
             cases.push(train(flag, v));
         }

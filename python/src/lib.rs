@@ -635,6 +635,8 @@ fn train(
             random_crop,
             random_scale,
             random_brightness,
+            random_contrast: 0.0,
+            random_saturation: 0.0,
         },
         distortion_mode,
         distorted_variants,

@@ -102,6 +102,14 @@ pub struct Args {
     /// (retrain.py's --random_brightness).
     #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = values::percentage_f32, allow_hyphen_values = true)]
     random_brightness: f32,
+    /// Distortion: colour jitter of the contrast, blending with the mean grey by a random
+    /// factor in [1 - P/100, 1 + P/100) (torchvision's ColorJitter; not in retrain.py).
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = values::percentage_f32, allow_hyphen_values = true)]
+    random_contrast: f32,
+    /// Distortion: colour jitter of the saturation, blending with each pixel's grey by a
+    /// random factor in [1 - P/100, 1 + P/100) (torchvision's ColorJitter).
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT", value_parser = values::percentage_f32, allow_hyphen_values = true)]
+    random_saturation: f32,
     /// cached: K distorted variants per training image, extracted once into the feature
     /// cache; online: retrain.py's fresh distortion per sample per step (hours on a CPU).
     #[arg(long, value_enum, default_value_t = DistortionMode::Cached)]
@@ -164,6 +172,8 @@ fn feature_source(args: &Args) -> anyhow::Result<Option<FeatureSource>> {
         (args.random_crop > 0.0, "--random-crop"),
         (args.random_scale > 0.0, "--random-scale"),
         (args.random_brightness > 0.0, "--random-brightness"),
+        (args.random_contrast > 0.0, "--random-contrast"),
+        (args.random_saturation > 0.0, "--random-saturation"),
         (args.batch_size.is_some(), "--batch-size"),
     ];
     for (given, what) in needs_images {
@@ -264,6 +274,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 random_crop: args.random_crop,
                 random_scale: args.random_scale,
                 random_brightness: args.random_brightness,
+                random_contrast: args.random_contrast,
+                random_saturation: args.random_saturation,
             };
             Some(FineTuneOptions {
                 train: FineTuneConfig {
@@ -326,6 +338,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             random_crop: args.random_crop,
             random_scale: args.random_scale,
             random_brightness: args.random_brightness,
+            random_contrast: args.random_contrast,
+            random_saturation: args.random_saturation,
         },
         distortion_mode: args.distortion_mode,
         distorted_variants: args.distorted_variants,

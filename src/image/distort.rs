@@ -17,6 +17,13 @@
 //! 4. Every pixel value is multiplied by `U[1 - random_brightness/100, 1 + random_brightness/100)`
 //!    (not clipped), then normalised with the backbone's mean and std.
 //!
+//! Beyond retrain.py, colour jitter as torchvision's `ColorJitter` and PIL's `ImageEnhance`
+//! define it (`--random-contrast`, `--random-saturation`, factors drawn the same way as the
+//! brightness one): contrast blends every value with the window's mean grey, saturation
+//! with the pixel's own grey (ITU-R 601 luma, as PIL's `L`), in that order after the
+//! brightness, unclipped like it. Views drawn without them draw exactly the numbers they
+//! drew before, so their cache entries stay valid.
+//!
 //! graft draws the same numbers with the same distributions. Two differences, both
 //! deliberate: the distortion applies to graft's undistorted view (the backbone's centre
 //! crop, the view every cached feature and every prediction uses) instead of the whole photo
@@ -44,6 +51,9 @@ pub struct View {
     pub flip: bool,
     /// Factor on the 0-255 pixel values before normalisation.
     pub brightness: f32,
+    /// Colour jitter after the brightness: 1 leaves the values as they are.
+    pub contrast: f32,
+    pub saturation: f32,
 }
 
 impl View {
@@ -54,6 +64,8 @@ impl View {
         side: 1.0,
         flip: false,
         brightness: 1.0,
+        contrast: 1.0,
+        saturation: 1.0,
     };
 
     /// How many test-time views [`View::test_time`] defines.
@@ -83,6 +95,8 @@ impl View {
             side,
             flip,
             brightness: 1.0,
+            contrast: 1.0,
+            saturation: 1.0,
         }
     }
 
@@ -114,6 +128,11 @@ pub struct Distortions {
     pub random_crop: f32,
     pub random_scale: f32,
     pub random_brightness: f32,
+    /// Colour jitter (percent): not in retrain.py, so absent from older manifests.
+    #[serde(default)]
+    pub random_contrast: f32,
+    #[serde(default)]
+    pub random_saturation: f32,
 }
 
 impl Distortions {
@@ -123,6 +142,8 @@ impl Distortions {
             && self.random_crop == 0.0
             && self.random_scale == 0.0
             && self.random_brightness == 0.0
+            && self.random_contrast == 0.0
+            && self.random_saturation == 0.0
     }
 
     /// Refuses percentages retrain.py's arithmetic cannot use.
@@ -132,6 +153,8 @@ impl Distortions {
             ("--random-scale", self.random_scale, 1000.0),
             // Above 100 the factor could go negative.
             ("--random-brightness", self.random_brightness, 100.0),
+            ("--random-contrast", self.random_contrast, 100.0),
+            ("--random-saturation", self.random_saturation, 100.0),
         ] {
             if !(0.0..=max).contains(&value) {
                 return Err(Error::Invalid(format!(
@@ -144,13 +167,22 @@ impl Distortions {
 
     /// Identifies the parameters in cache keys: a change of any flag is a different variant.
     pub fn tag(&self) -> String {
-        format!(
+        let mut tag = format!(
             "distort/1 flip={} crop={} scale={} brightness={}",
             u8::from(self.flip_left_right),
             self.random_crop,
             self.random_scale,
             self.random_brightness
-        )
+        );
+        // Only when used: the tags (and cache entries) of views without them stay as
+        // they were.
+        if self.random_contrast > 0.0 || self.random_saturation > 0.0 {
+            tag += &format!(
+                " contrast={} saturation={}",
+                self.random_contrast, self.random_saturation
+            );
+        }
+        tag
     }
 
     /// The cache tag of variant `k` of an image.
@@ -173,12 +205,17 @@ impl Distortions {
         let left = rng.gen_range(0..=slack);
         let top = rng.gen_range(0..=slack);
         let flip = self.flip_left_right && rng.gen_bool(0.5);
-        let b = self.random_brightness / 100.0;
-        let brightness = if b > 0.0 {
-            rng.gen_range(1.0 - b..1.0 + b)
-        } else {
-            1.0
+        let mut factor = |percent: f32| {
+            let b = percent / 100.0;
+            if b > 0.0 {
+                rng.gen_range(1.0 - b..1.0 + b)
+            } else {
+                1.0
+            }
         };
+        let brightness = factor(self.random_brightness);
+        let contrast = factor(self.random_contrast);
+        let saturation = factor(self.random_saturation);
         let precrop = f64::from(precrop);
         View {
             left: f64::from(left) / precrop,
@@ -186,6 +223,8 @@ impl Distortions {
             side: f64::from(size) / precrop,
             flip,
             brightness,
+            contrast,
+            saturation,
         }
     }
 
@@ -209,8 +248,36 @@ pub fn prepare(rgb: &RgbImage, p: &Preprocess, view: &View) -> Result<Vec<f32>> 
         ::image::imageops::flip_horizontal_in_place(&mut sized);
     }
     let mut out = vec![0f32; 3 * (p.size * p.size) as usize];
-    normalize_scaled_into(&sized, p, view.brightness, &mut out);
+    if view.contrast == 1.0 && view.saturation == 1.0 {
+        normalize_scaled_into(&sized, p, view.brightness, &mut out);
+    } else {
+        jitter_into(&sized, p, view, &mut out);
+    }
     Ok(out)
+}
+
+/// ITU-R 601 luma, the weights of PIL's `convert("L")`.
+fn grey(rgb: [f32; 3]) -> f32 {
+    0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+}
+
+/// Brightness, contrast, saturation (see the module doc), then the backbone's
+/// normalisation, into `out` `[3, H, W]`.
+fn jitter_into(sized: &RgbImage, p: &Preprocess, view: &View, out: &mut [f32]) {
+    let plane = (sized.width() * sized.height()) as usize;
+    let scale = p.std.map(|s| 1.0 / s);
+    let bright = |px: &::image::Rgb<u8>| px.0.map(|v| f32::from(v) * view.brightness);
+    let mean_grey = sized.pixels().map(|px| f64::from(grey(bright(px)))).sum::<f64>()
+        / plane.max(1) as f64;
+    let mean_grey = mean_grey as f32;
+    for (i, px) in sized.pixels().enumerate() {
+        let contrasted = bright(px).map(|v| mean_grey + view.contrast * (v - mean_grey));
+        let own_grey = grey(contrasted);
+        for c in 0..3 {
+            let v = own_grey + view.saturation * (contrasted[c] - own_grey);
+            out[c * plane + i] = (v - p.mean[c]) * scale[c];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -235,6 +302,8 @@ mod tests {
         random_crop: 10.0,
         random_scale: 10.0,
         random_brightness: 10.0,
+        random_contrast: 0.0,
+        random_saturation: 0.0,
     };
 
     #[test]
@@ -257,6 +326,71 @@ mod tests {
             prepare(&rgb, &p, &View::test_time(0)).unwrap(),
             preprocess(&rgb, &p).unwrap()
         );
+    }
+
+    #[test]
+    fn colour_jitter_leaves_the_other_draws_and_the_tag_as_they_were() {
+        let jittered = Distortions {
+            random_contrast: 30.0,
+            random_saturation: 30.0,
+            ..ALL
+        };
+        // The tag of views without jitter is the one their cache entries were stored under.
+        assert_eq!(ALL.tag(), "distort/1 flip=1 crop=10 scale=10 brightness=10");
+        assert_ne!(jittered.tag(), ALL.tag());
+        let mut contrasts = Vec::new();
+        for k in 0..20 {
+            let (plain, colour) = (ALL.variant(260, &[5; 32], k), jittered.variant(260, &[5; 32], k));
+            assert_eq!((plain.contrast, plain.saturation), (1.0, 1.0));
+            assert_eq!(
+                View {
+                    contrast: 1.0,
+                    saturation: 1.0,
+                    ..colour
+                },
+                plain
+            );
+            assert!((0.7..1.3).contains(&colour.contrast) && (0.7..1.3).contains(&colour.saturation));
+            contrasts.push(colour.contrast);
+        }
+        assert!(contrasts.iter().any(|&c| c < 0.9) && contrasts.iter().any(|&c| c > 1.1));
+    }
+
+    #[test]
+    fn colour_jitter_blends_with_the_mean_grey_and_each_pixels_grey() {
+        let p = BackboneId::EfficientNetLite2.spec().preprocess;
+        let rgb = photo(300, 400);
+        let plain = prepare(&rgb, &p, &View::ORIGINAL).unwrap();
+        let plane = (p.size * p.size) as usize;
+        // Back to 0-255 values, per channel.
+        let values = |out: &[f32], i: usize| -> [f32; 3] {
+            [0, 1, 2].map(|c| out[c * plane + i] * p.std[c] + p.mean[c])
+        };
+        let mut identity = vec![0f32; 3 * plane];
+        let sized = resize_box(&rgb, &p, View::ORIGINAL.window(300, 400, p.crop_fraction)).unwrap();
+        jitter_into(&sized, &p, &View::ORIGINAL, &mut identity);
+        for (a, b) in identity.iter().zip(&plain) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let grey_image = prepare(&rgb, &p, &View { saturation: 0.0, ..View::ORIGINAL }).unwrap();
+        let flat = prepare(&rgb, &p, &View { contrast: 0.0, ..View::ORIGINAL }).unwrap();
+        let double = prepare(&rgb, &p, &View { contrast: 2.0, ..View::ORIGINAL }).unwrap();
+        let mean_grey = (0..plane).map(|i| grey(values(&plain, i))).sum::<f32>() / plane as f32;
+        for i in [0, 777, plane - 1] {
+            let [r, g, b] = values(&grey_image, i);
+            let own = grey(values(&plain, i));
+            for v in [r, g, b] {
+                assert!((v - own).abs() < 1e-3, "{v} vs {own}");
+            }
+            for v in values(&flat, i) {
+                assert!((v - mean_grey).abs() < 1e-2, "{v} vs {mean_grey}");
+            }
+            let (twice, before) = (values(&double, i), values(&plain, i));
+            for c in 0..3 {
+                let expected = mean_grey + 2.0 * (before[c] - mean_grey);
+                assert!((twice[c] - expected).abs() < 1e-2, "{} vs {expected}", twice[c]);
+            }
+        }
     }
 
     #[test]
@@ -356,7 +490,7 @@ mod tests {
             seed in any::<u64>(),
             k in 0usize..View::TEST_TIME_VIEWS,
         ) {
-            let d = Distortions { flip_left_right: true, random_crop: crop, random_scale: scale, random_brightness: 0.0 };
+            let d = Distortions { flip_left_right: true, random_crop: crop, random_scale: scale, random_brightness: 0.0, ..Default::default() };
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             for view in [d.draw(size, &mut rng), View::test_time(k)] {
                 let (l, t, s) = view.window(width, height, crop_fraction);
