@@ -6,8 +6,9 @@
 //!
 //! Written by hand because onnxruntime's quantization tool is Python-only (and works on a
 //! finished ONNX file, where graft has the graph itself); the rules follow that tool's
-//! defaults for CPUs with VNNI: QDQ format, uint8 activations, int8 per-channel weights,
-//! int32 bias at input scale x weight scale, every range widened to include 0.
+//! defaults: QDQ format, uint8 activations, int8 per-channel weights, int32 bias at input
+//! scale x weight scale, every range widened to include 0; and its `reduce_range` (7-bit
+//! weights), which CPUs without VNNI need (see [`super::onnx::INT8_WEIGHT_MAX`]).
 //!
 //! What is quantized: the output of every convolution, addition, concatenation, pooling
 //! window and activation, and any value such an op reads (the network input when a
@@ -20,8 +21,9 @@ use crate::backbone::graph::{Graph, Op, Value};
 use crate::error::{Error, Result};
 use crate::weights::TensorMap;
 
-/// Bumped when the quantization rules change, retiring every quantized model cached.
-pub const QUANTIZER_VERSION: &str = "graft-int8/1";
+/// Bumped when the quantization rules change, retiring every quantized model cached
+/// (2: 7-bit weights).
+pub const QUANTIZER_VERSION: &str = "graft-int8/2";
 
 /// How a tensor's range is taken from the calibration batches.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -284,10 +286,11 @@ mod tests {
 
     #[test]
     fn per_channel_weights_are_symmetric_per_output_channel() {
-        let weights = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 2.0, 1.0, -2.0];
+        let weights = [0.6, -1.0, 0.2, 0.0, 0.0, 0.0, 2.0, 1.2, -2.0];
         let (q, scales) = super::super::onnx::int8_per_channel(&weights, 3);
-        assert_eq!(q, [64, -127, 32, 0, 0, 0, 127, 64, -127]);
-        assert_eq!(scales, [1.0 / 127.0, 1.0, 2.0 / 127.0]);
+        // 7-bit: the largest magnitude of each channel maps to 63.
+        assert_eq!(q, [38, -63, 13, 0, 0, 0, 63, 38, -63]);
+        assert_eq!(scales, [1.0 / 63.0, 1.0, 2.0 / 63.0]);
     }
 
     #[test]
