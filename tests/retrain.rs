@@ -993,10 +993,20 @@ fn distorted_variants_are_extracted_once_for_training_images_only() {
     // Colour jitter is a parameter too; the variants drawn without it are still there.
     let jittered = run(
         "e",
-        &["--distorted-variants", "2", "--random-contrast", "30", "--random-saturation", "30"],
+        &[
+            "--distorted-variants",
+            "2",
+            "--random-contrast",
+            "30",
+            "--random-saturation",
+            "30",
+        ],
     );
     assert_eq!(counts_of(&jittered, "distorted variants"), (0, 2 * n_train));
-    assert_eq!(read_json(&tmp.path().join("e/manifest.json"))["training"]["random_contrast"], 30.0);
+    assert_eq!(
+        read_json(&tmp.path().join("e/manifest.json"))["training"]["random_contrast"],
+        30.0
+    );
     let plain = run("f", &["--distorted-variants", "2"]);
     assert_eq!(counts_of(&plain, "distorted variants"), (2 * n_train, 0));
 }

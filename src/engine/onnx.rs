@@ -165,7 +165,11 @@ pub fn int8_per_channel(weights: &[f32], out_channels: usize) -> (Vec<i8>, Vec<f
     let mut scales = Vec::with_capacity(out_channels);
     for channel in weights.chunks(per.max(1)) {
         let max = channel.iter().fold(0f32, |m, w| m.max(w.abs()));
-        let scale = if max > 0.0 { max / INT8_WEIGHT_MAX } else { 1.0 };
+        let scale = if max > 0.0 {
+            max / INT8_WEIGHT_MAX
+        } else {
+            1.0
+        };
         scales.push(scale);
         values.extend(
             channel

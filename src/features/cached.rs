@@ -123,7 +123,16 @@ pub fn cached_views(
     stage: &str,
     progress: &dyn Progress,
 ) -> Result<CachedViews> {
-    cached_views_as(backbone, cache, paths, requests, options, stage, progress, |f| f)
+    cached_views_as(
+        backbone,
+        cache,
+        paths,
+        requests,
+        options,
+        stage,
+        progress,
+        |f| f,
+    )
 }
 
 /// [`cached_views`], each view handed to `keep` as soon as it is read or extracted, so
@@ -146,7 +155,9 @@ pub fn cached_views_as<T>(
         &backbone.cache_variant(),
     );
     let mut out = CachedViews {
-        features: std::iter::repeat_with(|| None).take(requests.len()).collect(),
+        features: std::iter::repeat_with(|| None)
+            .take(requests.len())
+            .collect(),
         hits: 0,
         extracted: 0,
         corrupt: 0,

@@ -403,7 +403,10 @@ mod tests {
         let other: Vec<f32> = activation.iter().map(|v| -2.0 * v).collect();
         let data = CutData {
             shape: [2, 3, 3],
-            views: vec![vec![CutData::keep(activation.clone()), CutData::keep(other.clone())]],
+            views: vec![vec![
+                CutData::keep(activation.clone()),
+                CutData::keep(other.clone()),
+            ]],
             labels: vec![0],
         };
         let device = Device::flex();
@@ -412,9 +415,15 @@ mod tests {
         assert_eq!(batch.len(), expected.len());
         for (got, want) in batch.iter().zip(&expected) {
             // f16 keeps 11 significant bits.
-            assert!((got - want).abs() <= want.abs() * 2f32.powi(-11), "{got} vs {want}");
+            assert!(
+                (got - want).abs() <= want.abs() * 2f32.powi(-11),
+                "{got} vs {want}"
+            );
         }
-        assert!(batch.iter().zip(&expected).any(|(g, w)| g != w), "rounding happened");
+        assert!(
+            batch.iter().zip(&expected).any(|(g, w)| g != w),
+            "rounding happened"
+        );
     }
 
     #[test]

@@ -267,7 +267,10 @@ fn jitter_into(sized: &RgbImage, p: &Preprocess, view: &View, out: &mut [f32]) {
     let plane = (sized.width() * sized.height()) as usize;
     let scale = p.std.map(|s| 1.0 / s);
     let bright = |px: &::image::Rgb<u8>| px.0.map(|v| f32::from(v) * view.brightness);
-    let mean_grey = sized.pixels().map(|px| f64::from(grey(bright(px)))).sum::<f64>()
+    let mean_grey = sized
+        .pixels()
+        .map(|px| f64::from(grey(bright(px))))
+        .sum::<f64>()
         / plane.max(1) as f64;
     let mean_grey = mean_grey as f32;
     for (i, px) in sized.pixels().enumerate() {
@@ -340,7 +343,10 @@ mod tests {
         assert_ne!(jittered.tag(), ALL.tag());
         let mut contrasts = Vec::new();
         for k in 0..20 {
-            let (plain, colour) = (ALL.variant(260, &[5; 32], k), jittered.variant(260, &[5; 32], k));
+            let (plain, colour) = (
+                ALL.variant(260, &[5; 32], k),
+                jittered.variant(260, &[5; 32], k),
+            );
             assert_eq!((plain.contrast, plain.saturation), (1.0, 1.0));
             assert_eq!(
                 View {
@@ -350,7 +356,9 @@ mod tests {
                 },
                 plain
             );
-            assert!((0.7..1.3).contains(&colour.contrast) && (0.7..1.3).contains(&colour.saturation));
+            assert!(
+                (0.7..1.3).contains(&colour.contrast) && (0.7..1.3).contains(&colour.saturation)
+            );
             contrasts.push(colour.contrast);
         }
         assert!(contrasts.iter().any(|&c| c < 0.9) && contrasts.iter().any(|&c| c > 1.1));
@@ -372,9 +380,33 @@ mod tests {
         for (a, b) in identity.iter().zip(&plain) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
-        let grey_image = prepare(&rgb, &p, &View { saturation: 0.0, ..View::ORIGINAL }).unwrap();
-        let flat = prepare(&rgb, &p, &View { contrast: 0.0, ..View::ORIGINAL }).unwrap();
-        let double = prepare(&rgb, &p, &View { contrast: 2.0, ..View::ORIGINAL }).unwrap();
+        let grey_image = prepare(
+            &rgb,
+            &p,
+            &View {
+                saturation: 0.0,
+                ..View::ORIGINAL
+            },
+        )
+        .unwrap();
+        let flat = prepare(
+            &rgb,
+            &p,
+            &View {
+                contrast: 0.0,
+                ..View::ORIGINAL
+            },
+        )
+        .unwrap();
+        let double = prepare(
+            &rgb,
+            &p,
+            &View {
+                contrast: 2.0,
+                ..View::ORIGINAL
+            },
+        )
+        .unwrap();
         let mean_grey = (0..plane).map(|i| grey(values(&plain, i))).sum::<f32>() / plane as f32;
         for i in [0, 777, plane - 1] {
             let [r, g, b] = values(&grey_image, i);
@@ -388,7 +420,11 @@ mod tests {
             let (twice, before) = (values(&double, i), values(&plain, i));
             for c in 0..3 {
                 let expected = mean_grey + 2.0 * (before[c] - mean_grey);
-                assert!((twice[c] - expected).abs() < 1e-2, "{} vs {expected}", twice[c]);
+                assert!(
+                    (twice[c] - expected).abs() < 1e-2,
+                    "{} vs {expected}",
+                    twice[c]
+                );
             }
         }
     }
