@@ -183,6 +183,7 @@ pub fn evaluate_bundle(
         extract,
         "test-time views",
         progress,
+        |f| f,
     )?;
     let mut views: Vec<Vec<&[f32]>> = cached
         .features

@@ -14,7 +14,7 @@ use crate::dataset::split::{which_split, Split};
 use crate::engine::Backbone;
 use crate::error::{Error, Result};
 use crate::features::cache::FeatureCache;
-use crate::features::cached::{cached_features, cached_views, cached_views_as, ViewRequest};
+use crate::features::cached::{cached_features, cached_views, ViewRequest};
 use crate::features::{extract_views, ExtractOptions, Job, Skipped};
 use crate::finetune::train::{fine_tune, CutData, EpochEvent, FineTuneConfig};
 use crate::finetune::{Cut, FineTune};
@@ -856,7 +856,7 @@ impl FineTuneStage<'_> {
                 }
             }
         }
-        let views = cached_views_as(
+        let views = cached_views(
             &lower,
             self.cache,
             self.paths,
@@ -894,9 +894,16 @@ impl FineTuneStage<'_> {
             if let Some(f) = f {
                 if f.len() != len {
                     return Err(Error::Engine(format!(
-                        "an activation at the cut has {} values where {shape:?} has {len}; \
-                         clear the feature cache (graft cache clear) and train again",
-                        f.len()
+                        "{} holds an activation at the cut of {} values where {shape:?} has \
+                         {len}; clear it (graft cache clear --bottleneck-dir {}) and train \
+                         again",
+                        self.cache.path().display(),
+                        f.len(),
+                        self.cache
+                            .path()
+                            .parent()
+                            .unwrap_or(Path::new("."))
+                            .display()
                     )));
                 }
                 per_row[split][row].push(f);
@@ -1158,6 +1165,7 @@ fn cached_variants(
         options.extract,
         "distorting",
         progress,
+        |f| f,
     )?;
     on_event(RetrainEvent::Features {
         what: "distorted variants",

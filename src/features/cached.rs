@@ -68,6 +68,7 @@ pub fn cached_features(
         options,
         "extracting",
         progress,
+        |f| f,
     )?;
     let mut features = vec![None; paths.len()];
     for (request, f) in requests.iter().zip(views.features) {
@@ -100,7 +101,7 @@ pub struct ViewRequest {
 
 /// Features of `requests`, index-aligned with them (`None` where the image could not be
 /// decoded), with the same cache statistics as [`CachedFeatures`]. `T` is how each view is
-/// kept in memory (the vector itself, or a narrower copy: see [`cached_views_as`]).
+/// kept in memory (the vector itself, or a narrower copy: see [`cached_views`]).
 #[derive(Debug)]
 pub struct CachedViews<T = Vec<f32>> {
     pub features: Vec<Option<T>>,
@@ -113,33 +114,12 @@ pub struct CachedViews<T = Vec<f32>> {
 
 /// Features of every requested view, from the cache where possible; misses are extracted
 /// (in request order: list an image's views together so they share one decode) and
-/// committed batch by batch. `stage` names the progress bar.
-pub fn cached_views(
-    backbone: &Backbone,
-    cache: &FeatureCache,
-    paths: &[PathBuf],
-    requests: &[ViewRequest],
-    options: ExtractOptions,
-    stage: &str,
-    progress: &dyn Progress,
-) -> Result<CachedViews> {
-    cached_views_as(
-        backbone,
-        cache,
-        paths,
-        requests,
-        options,
-        stage,
-        progress,
-        |f| f,
-    )
-}
-
-/// [`cached_views`], each view handed to `keep` as soon as it is read or extracted, so
-/// that a caller keeping a narrower copy (fine-tuning keeps activations at the cut as f16)
-/// never holds all of them as f32. The cache stores the f32 vectors either way.
+/// committed batch by batch. `stage` names the progress bar. Each view is handed to
+/// `keep` as soon as it is read or extracted (`|f| f` keeps the vector), so a caller
+/// keeping a narrower copy (fine-tuning keeps activations at the cut as f16) never holds
+/// all of them as f32. The cache stores the f32 vectors either way.
 #[allow(clippy::too_many_arguments)]
-pub fn cached_views_as<T>(
+pub fn cached_views<T>(
     backbone: &Backbone,
     cache: &FeatureCache,
     paths: &[PathBuf],
