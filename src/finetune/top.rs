@@ -4,7 +4,7 @@
 //! constants, as Keras and PyTorch's `eval()` keep them when fine-tuning.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::relu;
+use burn::tensor::activation::{relu, relu6};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData as BurnData};
@@ -23,20 +23,50 @@ pub struct TopParams {
     pub norms: Vec<Param<Tensor<1>>>,
 }
 
+/// A batch norm in inference mode: `x * scale + shift` per channel, where
+/// `scale = gamma / sqrt(var + eps)` and `shift = beta - mean * scale`.
+#[derive(Clone)]
+struct Norm {
+    /// Indices of gamma and beta in [`TopParams::norms`].
+    gamma: usize,
+    beta: usize,
+    /// `1 / sqrt(var + eps)` and `mean`, constants.
+    inv_std: Tensor<1>,
+    mean: Tensor<1>,
+}
+
+impl Norm {
+    /// `(scale, shift)`, `[C]` each, tracked through gamma and beta.
+    fn affine(&self, params: &TopParams) -> (Tensor<1>, Tensor<1>) {
+        let scale = params.norms[self.gamma].val() * self.inv_std.clone();
+        let shift = params.norms[self.beta].val() - self.mean.clone() * scale.clone();
+        (scale, shift)
+    }
+}
+
 enum Step {
     Conv {
         input: usize,
         weight: usize,
         options: ConvOptions<2>,
+        norm: Option<Norm>,
+    },
+    /// A 1x1 convolution of stride 1 without padding or groups, run as a batched matrix
+    /// product `[out, in] x [in, H * W]`: the same numbers, and its backward pass is two
+    /// more matrix products instead of burn-flex's general convolution gradients.
+    Pointwise {
+        input: usize,
+        weight: usize,
+        norm: Option<Norm>,
     },
     BatchNorm {
         input: usize,
-        /// Indices of gamma and beta in [`TopParams::norms`].
-        gamma: usize,
-        beta: usize,
-        /// `1 / sqrt(var + eps)` and `mean`, constants.
-        inv_std: Tensor<1>,
-        mean: Tensor<1>,
+        norm: Norm,
+    },
+    /// A batch norm folded into the convolution that is its input's only consumer: its
+    /// output is that convolution's.
+    Folded {
+        input: usize,
     },
     Activation {
         input: usize,
@@ -79,7 +109,7 @@ fn activate<const D: usize>(x: Tensor<D>, activation: Activation) -> Tensor<D> {
     match activation {
         Activation::None => x,
         Activation::Relu => relu(x),
-        Activation::Relu6 => relu(x).clamp_max(6.0),
+        Activation::Relu6 => relu6(x),
     }
 }
 
@@ -99,6 +129,12 @@ impl TopLayout {
         let mut conv_keys = Vec::new();
         let mut norm_keys = Vec::new();
         let mut conv_shapes = Vec::new();
+        let mut consumers = vec![0usize; graph.nodes.len()];
+        for node in &graph.nodes {
+            for v in node.op.inputs() {
+                consumers[v.0] += 1;
+            }
+        }
         for (i, node) in graph.nodes.iter().enumerate().take(graph.features.0 + 1) {
             if i <= cut.at.0 {
                 continue;
@@ -133,10 +169,28 @@ impl TopLayout {
                     )));
                     conv_keys.push(k);
                     conv_shapes.push(shape);
-                    Step::Conv {
-                        input: input.0,
-                        weight: convs.len() - 1,
-                        options: ConvOptions::new_with_padding(*stride, *padding, [1, 1], *groups),
+                    let pointwise = shape[2..] == [1, 1]
+                        && *stride == [1, 1]
+                        && *padding == [(0, 0); 2]
+                        && *groups == 1;
+                    if pointwise {
+                        Step::Pointwise {
+                            input: input.0,
+                            weight: convs.len() - 1,
+                            norm: None,
+                        }
+                    } else {
+                        Step::Conv {
+                            input: input.0,
+                            weight: convs.len() - 1,
+                            options: ConvOptions::new_with_padding(
+                                *stride,
+                                *padding,
+                                [1, 1],
+                                *groups,
+                            ),
+                            norm: None,
+                        }
                     }
                 }
                 Op::BatchNorm { input, key, eps } => {
@@ -147,12 +201,33 @@ impl TopLayout {
                         norms.push(Param::from_tensor(flat(device, get(name)?.data.clone())));
                         norm_keys.push(format!("{key}.{name}"));
                     }
-                    Step::BatchNorm {
-                        input: input.0,
+                    let norm = Norm {
                         gamma: norms.len() - 2,
                         beta: norms.len() - 1,
                         inv_std: flat(device, inv_std),
                         mean: flat(device, get("running_mean")?.data.clone()),
+                    };
+                    // Fold into the convolution before it when nothing else reads that
+                    // convolution's output (every batch norm of the Lite blocks): one
+                    // multiply on the weights instead of one on every activation, forward
+                    // and backward.
+                    match steps.last_mut() {
+                        Some((
+                            conv_node,
+                            Step::Conv {
+                                norm: slot @ None, ..
+                            }
+                            | Step::Pointwise {
+                                norm: slot @ None, ..
+                            },
+                        )) if *conv_node == input.0 && consumers[input.0] == 1 => {
+                            *slot = Some(norm);
+                            Step::Folded { input: input.0 }
+                        }
+                        _ => Step::BatchNorm {
+                            input: input.0,
+                            norm,
+                        },
                     }
                 }
                 Op::Activation { input, activation } => Step::Activation {
@@ -195,25 +270,46 @@ impl TopLayout {
                     input,
                     weight,
                     options,
-                } => conv2d(
-                    get(&maps, *input)?,
-                    params.convs[*weight].val(),
-                    None,
-                    options.clone(),
-                ),
-                Step::BatchNorm {
+                    norm,
+                } => {
+                    let kernel = params.convs[*weight].val();
+                    let (kernel, shift) = match norm {
+                        Some(norm) => {
+                            let (scale, shift) = norm.affine(params);
+                            let out = scale.dims()[0];
+                            (kernel * scale.reshape([out, 1, 1, 1]), Some(shift))
+                        }
+                        None => (kernel, None),
+                    };
+                    conv2d(get(&maps, *input)?, kernel, shift, options.clone())
+                }
+                Step::Pointwise {
                     input,
-                    gamma,
-                    beta,
-                    inv_std,
-                    mean,
+                    weight,
+                    norm,
                 } => {
                     let x = get(&maps, *input)?;
-                    let c = inv_std.dims()[0];
-                    let scale = params.norms[*gamma].val() * inv_std.clone();
-                    let shift = params.norms[*beta].val() - mean.clone() * scale.clone();
+                    let [n, c, h, w] = x.dims();
+                    let [out, ..] = self.conv_shapes[*weight];
+                    let kernel = params.convs[*weight].val().reshape([out, c]);
+                    let y = match norm {
+                        Some(norm) => {
+                            let (scale, shift) = norm.affine(params);
+                            let kernel = kernel * scale.reshape([out, 1]);
+                            kernel.unsqueeze::<3>().matmul(x.reshape([n, c, h * w]))
+                                + shift.reshape([1, out, 1])
+                        }
+                        None => kernel.unsqueeze::<3>().matmul(x.reshape([n, c, h * w])),
+                    };
+                    y.reshape([n, out, h, w])
+                }
+                Step::BatchNorm { input, norm } => {
+                    let x = get(&maps, *input)?;
+                    let (scale, shift) = norm.affine(params);
+                    let c = scale.dims()[0];
                     x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
                 }
+                Step::Folded { input } => get(&maps, *input)?,
                 Step::Activation { input, activation } => {
                     activate(get(&maps, *input)?, *activation)
                 }
