@@ -44,6 +44,9 @@ pub struct FineTuneConfig {
     pub dropout: f64,
     pub label_smoothing: f64,
     pub seed: u64,
+    /// Start the head from the frozen head (else [`new_head`]).
+    #[serde(default)]
+    pub warm_start: bool,
 }
 
 impl FineTuneConfig {
@@ -51,6 +54,8 @@ impl FineTuneConfig {
     pub const DEFAULT_WEIGHT_DECAY: f64 = 0.01;
     /// A tenth of the steps.
     pub const DEFAULT_WARMUP: f64 = 0.1;
+    /// AdamW's epsilon, PyTorch's default.
+    pub const ADAM_EPSILON: f32 = 1e-8;
 }
 
 /// Activations at the cut of one split: per image, its views `[C * H * W]` each (view 0
@@ -100,6 +105,28 @@ pub struct FineTuned {
     pub best_epoch: usize,
     pub best_validation_accuracy: f32,
     pub history: Vec<EpochEvent>,
+}
+
+/// A new head as PyTorch's `nn.Linear` starts: weights and bias uniform in
+/// `±1 / sqrt(dim)`, drawn from `seed`.
+///
+/// Fine-tuning starts from this rather than from the frozen head: on the grocery photos
+/// (Lite2, top 6 blocks, 4 views, 10 epochs, seed 0) 84.80% on `val/` against 80.07%
+/// warm-started (docs/fine-tuning.md). A warm head already fits the training images
+/// (97% right before the first step), so the blocks get little gradient to learn from.
+pub fn new_head(dim: usize, classes: usize, seed: u64) -> HeadWeights {
+    let bound = 1.0 / (dim.max(1) as f32).sqrt();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4ead_5eed);
+    let mut draw =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-bound..=bound)).collect() };
+    let weight = draw(dim * classes);
+    let bias = draw(classes);
+    HeadWeights {
+        dim,
+        classes,
+        weight,
+        bias,
+    }
 }
 
 /// Learning-rate factor at `step` of `total`: linear warm-up over `warmup` steps, then a
@@ -267,15 +294,22 @@ pub fn fine_tune(
     }
     let device = Device::flex().autodiff();
     let (layout, mut top) = TopLayout::new(cut, base, &device)?;
-    let mut model_head = SoftmaxHead::from_weights(head, &device);
+    let start = if config.warm_start {
+        head.clone()
+    } else {
+        new_head(head.dim, head.classes, config.seed)
+    };
+    let mut model_head = SoftmaxHead::from_weights(&start, &device);
     let classes = head.classes;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xf1e7_0e5e);
-    let mut top_optim = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .init();
-    let mut head_optim = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .init();
+    // PyTorch's epsilon (burn's default is 1e-5).
+    let adam = || {
+        AdamWConfig::new()
+            .with_epsilon(FineTuneConfig::ADAM_EPSILON)
+            .with_weight_decay(config.weight_decay as f32)
+            .init()
+    };
+    let (mut top_optim, mut head_optim) = (adam(), adam());
     let batch = config.batch_size.max(1);
     let steps_per_epoch = train.len().div_ceil(batch);
     let total = steps_per_epoch * config.epochs;
@@ -424,6 +458,22 @@ mod tests {
             batch.iter().zip(&expected).any(|(g, w)| g != w),
             "rounding happened"
         );
+    }
+
+    #[test]
+    fn a_new_head_is_drawn_from_the_seed_within_pytorchs_bound() {
+        let a = new_head(64, 5, 7);
+        assert_eq!(
+            (a.dim, a.classes, a.weight.len(), a.bias.len()),
+            (64, 5, 320, 5)
+        );
+        let bound = 1.0 / 8.0;
+        assert!(a.weight.iter().chain(&a.bias).all(|v| v.abs() <= bound));
+        // Spread over the whole interval, not a constant.
+        let max = a.weight.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(max > 0.9 * bound, "{max}");
+        assert_eq!(new_head(64, 5, 7).weight, a.weight);
+        assert_ne!(new_head(64, 5, 8).weight, a.weight);
     }
 
     #[test]
