@@ -144,7 +144,39 @@ def view_pixels(path: Path, size: int, view: int, seed: int, relative: str) -> t
     return common.normalise(augmented_image(path, size, rng))
 
 
-def activations(model, cut: int, size: int, images, views: int, seed: int, store, batch: int,
+class LowerPart(torch.nn.Module):
+    """The frozen part below the cut, as one module (for the ONNX export)."""
+
+    def __init__(self, model, cut: int):
+        super().__init__()
+        self.model, self.cut = model, cut
+
+    def forward(self, pixels):
+        return common.forward_to_cut(self.model, self.cut, pixels)
+
+
+def lower_part_runner(model, cut: int, size: int, engine: str, threads: int, work: Path):
+    """pixels [N, 3, S, S] -> activations at the cut, as numpy: torch itself, or the same
+    module exported to ONNX and run by onnxruntime (several times faster on this CPU; the
+    trained part is PyTorch's either way, so only the extraction time differs)."""
+    if engine == "torch":
+        return lambda pixels: common.forward_to_cut(model, cut, pixels).numpy()
+    import onnxruntime as ort
+    path = work / f"lower-{cut}-{size}.onnx"
+    if not path.is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.onnx.export(LowerPart(model, cut), torch.zeros(1, 3, size, size), str(tmp),
+                          input_names=["pixels"], output_names=["cut"], dynamo=False,
+                          dynamic_axes={"pixels": {0: "n"}, "cut": {0: "n"}}, opset_version=17)
+        tmp.replace(path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda pixels: session.run(None, {"pixels": pixels.numpy()})[0]
+
+
+def activations(run, images, size: int, views: int, seed: int, store, batch: int,
                 cache: Path | None, what: str, key: str) -> tuple[np.ndarray, float]:
     """[len(images) * (1 + views), C, H, W] activations at the cut, image-major; and the
     seconds spent computing them (0 when read from the cache)."""
@@ -159,7 +191,7 @@ def activations(model, cut: int, size: int, images, views: int, seed: int, store
         for i in range(0, len(jobs), batch):
             chunk = jobs[i:i + batch]
             pixels = torch.stack([view_pixels(p, size, v, seed, rel) for p, rel, v in chunk])
-            acts = common.forward_to_cut(model, cut, pixels).numpy().astype(store)
+            acts = run(pixels).astype(store)
             if out is None:
                 out = np.empty((len(jobs),) + acts.shape[1:], dtype=store)
             out[i:i + len(chunk)] = acts
@@ -217,7 +249,7 @@ def train_pytorch(args, model, cut, train_acts, train_labels, per_image, val_act
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(
         [{"params": backbone, "lr": args.lr_backbone}, {"params": top.fc.parameters(), "lr": args.lr_head}],
-        weight_decay=args.weight_decay)
+        weight_decay=args.weight_decay, eps=args.adam_eps)
     images = len(train_acts) // per_image
     samples = images if args.epoch_views == "one" else len(train_acts)
     steps_per_epoch = math.ceil(samples / args.batch_size)
@@ -323,6 +355,7 @@ def parse_args():
     p.add_argument("--lr-backbone", type=float, default=1e-4)
     p.add_argument("--lr-head", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW's epsilon (PyTorch's default)")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
@@ -331,6 +364,9 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--store", choices=["f16", "f32"], default="f16", help="activation storage")
     p.add_argument("--extract-batch", type=int, default=16)
+    p.add_argument("--extract-engine", choices=["torch", "onnxruntime"], default="torch",
+                   help="what runs the frozen part below the cut (the same PyTorch module; "
+                        "onnxruntime runs its ONNX export, several times faster)")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "graft-bench-finetune",
                    help="where PyTorch's activations at the cut are kept between runs ('' for none)")
     p.add_argument("--graft", type=Path, help="graft binary; without it only PyTorch runs")
@@ -390,13 +426,15 @@ def main() -> None:
                                        args.seed, args.store, [i[0] for i in images]]).encode())
         return f"{variant.short}-cut{cut}-{what}-{h.hexdigest()[:16]}"
 
+    run = lower_part_runner(model, cut, variant.size, args.extract_engine, args.threads,
+                            cache or Path(tempfile.mkdtemp(prefix="bench-finetune-")))
     train_acts, train_extract_s = activations(
-        model, cut, variant.size, train_images, args.views, args.seed, store, args.extract_batch, cache,
+        run, train_images, variant.size, args.views, args.seed, store, args.extract_batch, cache,
         "train", key("train", train_images, args.views))
     per_image = 1 + args.views
     train_labels = np.repeat(np.asarray([im[2] for im in train_images], dtype=np.int64), per_image)
     val_acts, val_extract_s = activations(
-        model, cut, variant.size, val_images, 0, args.seed, store, args.extract_batch, cache,
+        run, val_images, variant.size, 0, args.seed, store, args.extract_batch, cache,
         "val", key("val", val_images, 0))
     val_labels = np.asarray([im[2] for im in val_images], dtype=np.int64)
 
