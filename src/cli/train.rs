@@ -123,12 +123,13 @@ pub struct Args {
     /// calibrated top score is below P (between 0 and 1; default: always answer).
     #[arg(long, value_name = "P", value_parser = values::probability_open, allow_hyphen_values = true)]
     unknown_below: Option<f32>,
-    /// After the head, fine-tune the top N blocks of the backbone with it. For the
+    /// After the frozen head, fine-tune the top N blocks of the backbone with a new head. For the
     /// EfficientNet-Lite backbones N counts MBConv blocks from the end, and the 1x1 head
     /// convolution always trains with them: Lite0 has 16 blocks (N at most 16), Lite1 and
     /// Lite2 have 21 (at most 21). On the grocery photos (2140 training images, 2 cores,
-    /// Lite2), N = 3 with 2 views and 6 epochs took 10 min 19 s (about 70 s an epoch), N = 6
-    /// with 4 views and 10 epochs 150-235 s an epoch on a busy machine (docs/fine-tuning.md).
+    /// Lite2), N = 6 with 4 views and 10 epochs took 18 min 13 s from an empty cache
+    /// (activations 104 s, epochs 87-99 s each; 83.45% on val/), N = 3 with 2 views and
+    /// 6 epochs 10 min 19 s (docs/fine-tuning.md).
     /// Inception V3 cannot be fine-tuned yet.
     #[arg(long, value_name = "N", value_parser = values::count())]
     fine_tune: Option<usize>,
