@@ -22,7 +22,9 @@ accuracy of its best epoch.
 
     /work/venv/bin/python scripts/bench_finetune.py --classes 5 --epochs 1 \
         --graft target/release/graft --graft-home /tmp/bench-home [--graft-output DIR]
-    /work/venv/bin/python scripts/bench_finetune.py                 # PyTorch alone, all of train/
+    /work/venv/bin/python scripts/bench_finetune.py --extract-engine onnxruntime  # PyTorch alone
+    /work/venv/bin/python scripts/bench_finetune.py --extract-engine onnxruntime --epochs 3 \
+        --graft target/release/graft --graft-args '--bottleneck-dir CACHE'    # the ratio, docs/fine-tuning.md
 
 graft writes its caches under --graft-home (or $GRAFT_HOME): give it a writable one holding
 the backbone weights (models/), not a home other runs must not change. graft also trains
