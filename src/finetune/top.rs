@@ -105,6 +105,24 @@ fn flat(device: &Device, values: Vec<f32>) -> Tensor<1> {
     Tensor::from_data(BurnData::new(values, [n]), device)
 }
 
+/// A convolution kernel (`[out, ...]`, any rank) with `norm` folded in, each output
+/// channel scaled, and the folded norm's shift for the bias.
+fn fold<const D: usize>(
+    kernel: Tensor<D>,
+    norm: Option<&Norm>,
+    params: &TopParams,
+) -> (Tensor<D>, Option<Tensor<1>>) {
+    match norm {
+        Some(norm) => {
+            let (scale, shift) = norm.affine(params);
+            let mut per_channel = [1; D];
+            per_channel[0] = scale.dims()[0];
+            (kernel * scale.reshape(per_channel), Some(shift))
+        }
+        None => (kernel, None),
+    }
+}
+
 fn activate<const D: usize>(x: Tensor<D>, activation: Activation) -> Tensor<D> {
     match activation {
         Activation::None => x,
@@ -272,15 +290,7 @@ impl TopLayout {
                     options,
                     norm,
                 } => {
-                    let kernel = params.convs[*weight].val();
-                    let (kernel, shift) = match norm {
-                        Some(norm) => {
-                            let (scale, shift) = norm.affine(params);
-                            let out = scale.dims()[0];
-                            (kernel * scale.reshape([out, 1, 1, 1]), Some(shift))
-                        }
-                        None => (kernel, None),
-                    };
+                    let (kernel, shift) = fold(params.convs[*weight].val(), norm.as_ref(), params);
                     conv2d(get(&maps, *input)?, kernel, shift, options.clone())
                 }
                 Step::Pointwise {
@@ -292,14 +302,11 @@ impl TopLayout {
                     let [n, c, h, w] = x.dims();
                     let [out, ..] = self.conv_shapes[*weight];
                     let kernel = params.convs[*weight].val().reshape([out, c]);
-                    let y = match norm {
-                        Some(norm) => {
-                            let (scale, shift) = norm.affine(params);
-                            let kernel = kernel * scale.reshape([out, 1]);
-                            kernel.unsqueeze::<3>().matmul(x.reshape([n, c, h * w]))
-                                + shift.reshape([1, out, 1])
-                        }
-                        None => kernel.unsqueeze::<3>().matmul(x.reshape([n, c, h * w])),
+                    let (kernel, shift) = fold(kernel, norm.as_ref(), params);
+                    let y = kernel.unsqueeze::<3>().matmul(x.reshape([n, c, h * w]));
+                    let y = match shift {
+                        Some(shift) => y + shift.reshape([1, out, 1]),
+                        None => y,
                     };
                     y.reshape([n, out, h, w])
                 }
