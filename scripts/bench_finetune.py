@@ -157,25 +157,35 @@ class LowerPart(torch.nn.Module):
         return common.forward_to_cut(self.model, self.cut, pixels)
 
 
-def lower_part_runner(model, cut: int, size: int, engine: str, threads: int, work: Path):
+def lower_part_runner(model, cut: int, size: int, engine: str, threads: int, path: Path):
     """pixels [N, 3, S, S] -> activations at the cut, as numpy: torch itself, or the same
-    module exported to ONNX and run by onnxruntime (several times faster on this CPU; the
-    trained part is PyTorch's either way, so only the extraction time differs)."""
+    module exported to ONNX (at `path`, on the first call) and run by onnxruntime (several
+    times faster on this CPU; the trained part is PyTorch's either way, so only the
+    extraction time differs). Nothing is exported when every activation comes from the cache."""
     if engine == "torch":
         return lambda pixels: common.forward_to_cut(model, cut, pixels).numpy()
-    import onnxruntime as ort
-    path = work / f"lower-{cut}-{size}.onnx"
-    if not path.is_file():
-        work.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.onnx.export(LowerPart(model, cut), torch.zeros(1, 3, size, size), str(tmp),
-                          input_names=["pixels"], output_names=["cut"], dynamo=False,
-                          dynamic_axes={"pixels": {0: "n"}, "cut": {0: "n"}}, opset_version=17)
-        tmp.replace(path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda pixels: session.run(None, {"pixels": pixels.numpy()})[0]
+    session = None
+
+    def run(pixels):
+        nonlocal session
+        if session is None:
+            import onnxruntime as ort
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + ".tmp")
+                # eval(): a new Module is in training mode, and the export restores that
+                # mode afterwards, recursively, which would leave the model's batch norms
+                # training (batch statistics) for the extraction and the epochs.
+                torch.onnx.export(LowerPart(model, cut).eval(), torch.zeros(1, 3, size, size), str(tmp),
+                                  input_names=["pixels"], output_names=["cut"], dynamo=False,
+                                  dynamic_axes={"pixels": {0: "n"}, "cut": {0: "n"}}, opset_version=17)
+                tmp.replace(path)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return session.run(None, {"pixels": pixels.numpy()})[0]
+
+    return run
 
 
 def activations(run, images, size: int, views: int, seed: int, store, batch: int,
@@ -246,6 +256,9 @@ def evaluate(top: Top, acts: np.ndarray, labels: np.ndarray, batch: int) -> floa
 def train_pytorch(args, model, cut, train_acts, train_labels, per_image, val_acts, val_labels, classes):
     torch.manual_seed(args.seed)
     top = Top(model, cut, len(classes), args.dropout)
+    if any(m.training for m in model.modules()):
+        sys.exit("the reference network is in training mode: its batch norms would use batch "
+                 "statistics; it must stay in eval mode (see lower_part_runner)")
     backbone = [p for n, p in top.named_parameters() if not n.startswith("fc.")]
     for p in top.parameters():
         p.requires_grad_(True)
@@ -428,8 +441,10 @@ def main() -> None:
                                        args.seed, args.store, [i[0] for i in images]]).encode())
         return f"{variant.short}-cut{cut}-{what}-{h.hexdigest()[:16]}"
 
+    # The export is named by the weights it holds, so another checkpoint never reuses it.
+    export = f"{variant.short}-{weights_sha256[:16]}-lower-{cut}-{variant.size}.onnx"
     run = lower_part_runner(model, cut, variant.size, args.extract_engine, args.threads,
-                            cache or Path(tempfile.mkdtemp(prefix="bench-finetune-")))
+                            (cache or Path(tempfile.gettempdir())) / export)
     train_acts, train_extract_s = activations(
         run, train_images, variant.size, args.views, args.seed, store, args.extract_batch, cache,
         "train", key("train", train_images, args.views))
