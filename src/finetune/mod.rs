@@ -6,6 +6,7 @@
 //! features are (the [`crate::engine::Backbone`] of [`Cut::lower`] has its own cache
 //! variant), so an epoch runs only the top.
 
+pub mod depthwise;
 pub mod top;
 pub mod train;
 

@@ -9,6 +9,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData as BurnData};
 
+use super::depthwise::{depthwise_conv2d, Geometry};
 use super::Cut;
 use crate::backbone::graph::{Activation, Op};
 use crate::error::{Error, Result};
@@ -57,6 +58,14 @@ enum Step {
     Pointwise {
         input: usize,
         weight: usize,
+        norm: Option<Norm>,
+    },
+    /// One filter per channel (`groups` = channels in = channels out), differentiated by
+    /// [`depthwise_conv2d`]'s direct backward pass.
+    Depthwise {
+        input: usize,
+        weight: usize,
+        geometry: Geometry,
         norm: Option<Norm>,
     },
     BatchNorm {
@@ -191,10 +200,21 @@ impl TopLayout {
                         && *stride == [1, 1]
                         && *padding == [(0, 0); 2]
                         && *groups == 1;
+                    let depthwise = *groups > 1 && shape[1] == 1 && shape[0] == *groups;
                     if pointwise {
                         Step::Pointwise {
                             input: input.0,
                             weight: convs.len() - 1,
+                            norm: None,
+                        }
+                    } else if depthwise {
+                        Step::Depthwise {
+                            input: input.0,
+                            weight: convs.len() - 1,
+                            geometry: Geometry {
+                                stride: *stride,
+                                padding: *padding,
+                            },
                             norm: None,
                         }
                     } else {
@@ -236,6 +256,9 @@ impl TopLayout {
                                 norm: slot @ None, ..
                             }
                             | Step::Pointwise {
+                                norm: slot @ None, ..
+                            }
+                            | Step::Depthwise {
                                 norm: slot @ None, ..
                             },
                         )) if *conv_node == input.0 && consumers[input.0] == 1 => {
@@ -292,6 +315,22 @@ impl TopLayout {
                 } => {
                     let (kernel, shift) = fold(params.convs[*weight].val(), norm.as_ref(), params);
                     conv2d(get(&maps, *input)?, kernel, shift, options.clone())
+                }
+                Step::Depthwise {
+                    input,
+                    weight,
+                    geometry,
+                    norm,
+                } => {
+                    let (kernel, shift) = fold(params.convs[*weight].val(), norm.as_ref(), params);
+                    let y = depthwise_conv2d(get(&maps, *input)?, kernel, *geometry);
+                    match shift {
+                        Some(shift) => {
+                            let c = shift.dims()[0];
+                            y + shift.reshape([1, c, 1, 1])
+                        }
+                        None => y,
+                    }
                 }
                 Step::Pointwise {
                     input,
