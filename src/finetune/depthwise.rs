@@ -172,8 +172,8 @@ impl Planes {
     /// `d input[n, c, oh * s + i - p, ow * s + j - p] += weight[c, i, j] * d output[n, c, oh, ow]`.
     fn input_grad(&self, output_grad: &[f32], weight: &[f32]) -> Vec<f32> {
         let p = *self;
-        let (in_plane, out_plane, taps) =
-            (p.in_h * p.in_w, p.out_h * p.out_w, p.kernel_h * p.kernel_w);
+        let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
+        let taps = p.kernel_h * p.kernel_w;
         let mut grad = vec![0.0f32; output_grad.len() / out_plane * in_plane];
         grad.par_chunks_mut(in_plane)
             .zip(output_grad.par_chunks(out_plane))
@@ -186,10 +186,19 @@ impl Planes {
                         let (ow0, ow1) = Planes::taps(j, p.stride[1], p.pad[1], p.in_w, p.out_w);
                         let wij = w[i * p.kernel_w + j];
                         for oh in oh0..oh1 {
-                            let row = (oh * p.stride[0] + i - p.pad[0]) * p.in_w;
-                            let dy = &dy[oh * p.out_w..][..p.out_w];
-                            for ow in ow0..ow1 {
-                                dx[row + ow * p.stride[1] + j - p.pad[1]] += wij * dy[ow];
+                            let start =
+                                (oh * p.stride[0] + i - p.pad[0]) * p.in_w + ow0 * p.stride[1] + j
+                                    - p.pad[1];
+                            let dy = &dy[oh * p.out_w + ow0..oh * p.out_w + ow1];
+                            let dx = &mut dx[start..];
+                            if p.stride[1] == 1 {
+                                for (d, g) in dx.iter_mut().zip(dy) {
+                                    *d += wij * g;
+                                }
+                            } else {
+                                for (d, g) in dx.iter_mut().step_by(p.stride[1]).zip(dy) {
+                                    *d += wij * g;
+                                }
                             }
                         }
                     }
@@ -199,13 +208,18 @@ impl Planes {
     }
 
     /// `d weight[c, i, j] = sum over n, oh, ow of d output[n, c, oh, ow] * input[n, c, oh * s + i - p, ow * s + j - p]`.
+    ///
+    /// Each tap accumulates a row of partial sums (one per output column) so that the inner
+    /// loop is an element-wise multiply-add, not a serial sum; the rows are summed once per
+    /// channel.
     fn weight_grad(&self, output_grad: &[f32], input: &[f32]) -> Vec<f32> {
         let p = *self;
-        let (in_plane, out_plane, taps) =
-            (p.in_h * p.in_w, p.out_h * p.out_w, p.kernel_h * p.kernel_w);
+        let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
+        let taps = p.kernel_h * p.kernel_w;
         let batch = output_grad.len() / out_plane / p.channels;
         let mut grad = vec![0.0f32; p.channels * taps];
         grad.par_chunks_mut(taps).enumerate().for_each(|(c, dw)| {
+            let mut rows = vec![0.0f32; taps * p.out_w];
             for n in 0..batch {
                 let plane = n * p.channels + c;
                 let x = &input[plane * in_plane..][..in_plane];
@@ -214,17 +228,30 @@ impl Planes {
                     let (oh0, oh1) = Planes::taps(i, p.stride[0], p.pad[0], p.in_h, p.out_h);
                     for j in 0..p.kernel_w {
                         let (ow0, ow1) = Planes::taps(j, p.stride[1], p.pad[1], p.in_w, p.out_w);
-                        let mut sum = 0.0f32;
+                        let acc = &mut rows[(i * p.kernel_w + j) * p.out_w..][ow0..ow1];
                         for oh in oh0..oh1 {
-                            let row = (oh * p.stride[0] + i - p.pad[0]) * p.in_w;
-                            let dy = &dy[oh * p.out_w..][..p.out_w];
-                            for ow in ow0..ow1 {
-                                sum += dy[ow] * x[row + ow * p.stride[1] + j - p.pad[1]];
+                            let start =
+                                (oh * p.stride[0] + i - p.pad[0]) * p.in_w + ow0 * p.stride[1] + j
+                                    - p.pad[1];
+                            let dy = &dy[oh * p.out_w + ow0..oh * p.out_w + ow1];
+                            let x = &x[start..];
+                            if p.stride[1] == 1 {
+                                for ((a, g), v) in acc.iter_mut().zip(dy).zip(x) {
+                                    *a += g * v;
+                                }
+                            } else {
+                                for ((a, g), v) in
+                                    acc.iter_mut().zip(dy).zip(x.iter().step_by(p.stride[1]))
+                                {
+                                    *a += g * v;
+                                }
                             }
                         }
-                        dw[i * p.kernel_w + j] += sum;
                     }
                 }
+            }
+            for (d, row) in dw.iter_mut().zip(rows.chunks(p.out_w)) {
+                *d = row.iter().sum();
             }
         });
         grad
