@@ -7,6 +7,7 @@
 //! variant), so an epoch runs only the top.
 
 pub mod depthwise;
+pub mod relu6;
 pub mod top;
 pub mod train;
 

@@ -4,12 +4,13 @@
 //! constants, as Keras and PyTorch's `eval()` keep them when fine-tuning.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{relu, relu6};
+use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData as BurnData};
 
 use super::depthwise::{depthwise_conv2d, Geometry};
+use super::relu6::relu6;
 use super::Cut;
 use crate::backbone::graph::{Activation, Op};
 use crate::error::{Error, Result};
