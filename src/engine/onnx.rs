@@ -149,32 +149,45 @@ pub struct ExportOptions<'a> {
     pub qdq: Option<&'a Qdq>,
 }
 
-/// The largest int8 weight magnitude: 7 bits, onnxruntime's `reduce_range`. On x86 CPUs
-/// without VNNI, onnxruntime's uint8 x int8 kernels add pairs of products in int16
-/// (`vpmaddubsw`), which saturates once 2 x 255 x |w| passes 32767; with |w| <= 63 it
-/// cannot. Measured on an AVX2-only EPYC (tests/int8.rs, 17 grocery photos, Lite0): the
-/// lowest cosine of int8 to fp32 features was 0.852 with 127, 0.985 with 63.
+/// The largest int8 weight magnitude of a dense or pointwise convolution: 7 bits,
+/// onnxruntime's `reduce_range`. On x86 CPUs without VNNI, onnxruntime's uint8 x int8
+/// matrix kernels add pairs of products in int16 (`vpmaddubsw`), which saturates once
+/// 2 x 255 x |w| passes 32767; with |w| <= 63 it cannot. Measured on an AVX2-only EPYC
+/// (tests/int8.rs, 17 grocery photos, Lite0): the lowest cosine of int8 to fp32 features
+/// was 0.852 with 127, 0.985 with 63.
 pub const INT8_WEIGHT_MAX: f32 = 63.0;
 
+/// The largest int8 weight magnitude of a depthwise convolution: the full 8 bits.
+/// onnxruntime's depthwise kernels widen input and filter to int16 and sum the products
+/// in int32 (`vpmaddwd`), so nothing saturates. On Lite2 and 2640 grocery photos this took
+/// the mean relative error of int8 features to fp32 from 0.179 to 0.156 (docs/int8.md).
+pub const INT8_DEPTHWISE_WEIGHT_MAX: f32 = 127.0;
+
+/// The weight limit of a convolution with weights of shape `dims` (`[out, in / groups,
+/// kh, kw]`): depthwise (one input channel per group) or not.
+pub fn int8_weight_max(dims: &[usize]) -> f32 {
+    if dims.len() == 4 && dims[1] == 1 {
+        INT8_DEPTHWISE_WEIGHT_MAX
+    } else {
+        INT8_WEIGHT_MAX
+    }
+}
+
 /// Per-output-channel symmetric int8 of `weights` (`[out, ...]` row-major), within
-/// [`INT8_WEIGHT_MAX`]: the values and one scale per channel (1 for an all-zero channel,
-/// whose values are all 0).
-pub fn int8_per_channel(weights: &[f32], out_channels: usize) -> (Vec<i8>, Vec<f32>) {
+/// +-`limit`: the values and one scale per channel (1 for an all-zero channel, whose
+/// values are all 0).
+pub fn int8_per_channel(weights: &[f32], out_channels: usize, limit: f32) -> (Vec<i8>, Vec<f32>) {
     let per = weights.len() / out_channels.max(1);
     let mut values = Vec::with_capacity(weights.len());
     let mut scales = Vec::with_capacity(out_channels);
     for channel in weights.chunks(per.max(1)) {
         let max = channel.iter().fold(0f32, |m, w| m.max(w.abs()));
-        let scale = if max > 0.0 {
-            max / INT8_WEIGHT_MAX
-        } else {
-            1.0
-        };
+        let scale = if max > 0.0 { max / limit } else { 1.0 };
         scales.push(scale);
         values.extend(
             channel
                 .iter()
-                .map(|w| (w / scale).round().clamp(-INT8_WEIGHT_MAX, INT8_WEIGHT_MAX) as i8),
+                .map(|w| (w / scale).round().clamp(-limit, limit) as i8),
         );
     }
     (values, scales)
@@ -310,7 +323,7 @@ impl Writer<'_> {
         let out_ch = dims[0];
         let weights = get(wkey, dims.iter().product())?;
         let bias = bkey.map(|k| get(k, out_ch)).transpose()?;
-        let (values, scales) = int8_per_channel(&weights, out_ch);
+        let (values, scales) = int8_per_channel(&weights, out_ch, int8_weight_max(dims));
         let raw: Vec<u8> = values.iter().map(|v| *v as u8).collect();
         let per_channel = |w: &mut Self,
                            tensor: &str,

@@ -8,7 +8,8 @@
 //! finished ONNX file, where graft has the graph itself); the rules follow that tool's
 //! defaults: QDQ format, uint8 activations, int8 per-channel weights, int32 bias at input
 //! scale x weight scale, every range widened to include 0; and its `reduce_range` (7-bit
-//! weights), which CPUs without VNNI need (see [`super::onnx::INT8_WEIGHT_MAX`]).
+//! weights), which CPUs without VNNI need (see [`super::onnx::INT8_WEIGHT_MAX`]), for all
+//! but the depthwise convolutions, whose kernels cannot saturate.
 //!
 //! What is quantized: the output of every convolution, addition, concatenation, pooling
 //! window and activation, and any value such an op reads (the network input when a
@@ -22,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::weights::TensorMap;
 
 /// Bumped when the quantization rules change, retiring every quantized model cached
-/// (2: 7-bit weights).
-pub const QUANTIZER_VERSION: &str = "graft-int8/2";
+/// (2: 7-bit weights; 3: depthwise weights back to 8 bits).
+pub const QUANTIZER_VERSION: &str = "graft-int8/3";
 
 /// How a tensor's range is taken from the calibration batches.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -287,10 +288,22 @@ mod tests {
     #[test]
     fn per_channel_weights_are_symmetric_per_output_channel() {
         let weights = [0.6, -1.0, 0.2, 0.0, 0.0, 0.0, 2.0, 1.2, -2.0];
-        let (q, scales) = super::super::onnx::int8_per_channel(&weights, 3);
-        // 7-bit: the largest magnitude of each channel maps to 63.
+        let onnx = |dims: &[usize]| {
+            super::super::onnx::int8_per_channel(
+                &weights,
+                3,
+                super::super::onnx::int8_weight_max(dims),
+            )
+        };
+        // A dense or pointwise convolution, 7-bit: the largest magnitude of each channel
+        // maps to 63.
+        let (q, scales) = onnx(&[3, 3, 1, 1]);
         assert_eq!(q, [38, -63, 13, 0, 0, 0, 63, 38, -63]);
         assert_eq!(scales, [1.0 / 63.0, 1.0, 2.0 / 63.0]);
+        // A depthwise one (one input channel per group), 8-bit: to 127.
+        let (q, scales) = onnx(&[3, 1, 3, 1]);
+        assert_eq!(q, [76, -127, 25, 0, 0, 0, 127, 76, -127]);
+        assert_eq!(scales, [1.0 / 127.0, 1.0, 2.0 / 127.0]);
     }
 
     #[test]
