@@ -19,7 +19,7 @@ use crate::features::{extract_views, ExtractOptions, Job, Skipped};
 use crate::finetune::train::{fine_tune, CutData, EpochEvent, FineTuneConfig};
 use crate::finetune::{Cut, FineTune};
 use crate::head::calibrate;
-use crate::head::train::{score, CachedVariants, Originals, TrainFeatures};
+use crate::head::train::{score, CachedVariants, Originals, TrainFeatures, TrainResult};
 use crate::head::{train_head, HeadWeights, SplitData, TrainConfig, TrainEvent};
 use crate::image::distort::Distortions;
 use crate::image::distort::View;
@@ -147,7 +147,8 @@ pub struct RetrainOutcome {
     /// Relative paths of the evaluated test images, index-aligned with `test`.
     pub test_paths: Vec<String>,
     pub skipped: Vec<Skipped>,
-    pub head_seconds: f64,
+    /// Time the frozen head trained; None where fine-tuning from a new head skipped it.
+    pub head_seconds: Option<f64>,
 }
 
 /// Runs the whole retraining; `on_event` receives warnings, feature-cache statistics
@@ -517,7 +518,14 @@ fn train_on(
         .iter()
         .map(|&i| dataset.images[i].path.clone())
         .collect();
-    let mut sources: Box<dyn TrainFeatures + '_> = if options.distortions.is_none() {
+    // Fine-tuning from a new head uses nothing of the frozen head: its training (and the
+    // distorted whole-network features it reads) is skipped; only a warm start needs it.
+    let frozen_head = options
+        .fine_tune
+        .as_ref()
+        .is_none_or(|ft| ft.train.warm_start);
+    let mut sources: Box<dyn TrainFeatures + '_> = if !frozen_head || options.distortions.is_none()
+    {
         Box::new(Originals)
     } else {
         let Some(images) = &images else {
@@ -560,56 +568,64 @@ fn train_on(
     };
 
     let started = std::time::Instant::now();
-    let result = train_head(
-        &options.train,
-        dataset.classes.len(),
-        &train,
-        sources.as_mut(),
-        &validation,
-        options.intermediate_store_frequency,
-        |event, weights| {
-            match event {
-                TrainEvent::Evaluation {
-                    step,
-                    train_accuracy,
-                    cross_entropy,
-                    validation_accuracy,
-                    validation_cross_entropy,
-                } => {
-                    if let Some((tw, vw)) = writers.as_mut() {
-                        let s = *step as i64;
-                        tw.scalar("accuracy", s, *train_accuracy)?;
-                        tw.scalar("cross_entropy", s, *cross_entropy)?;
-                        tw.histogram("final_training_ops/weights", s, &weights.weight)?;
-                        tw.histogram("final_training_ops/biases", s, &weights.bias)?;
-                        if let (Some(a), Some(l)) = (validation_accuracy, validation_cross_entropy)
-                        {
-                            vw.scalar("accuracy", s, *a)?;
-                            vw.scalar("cross_entropy", s, *l)?;
+    let result = if !frozen_head {
+        TrainResult {
+            head: crate::finetune::train::new_head(dim, dataset.classes.len(), options.train.seed),
+            history: Vec::new(),
+        }
+    } else {
+        train_head(
+            &options.train,
+            dataset.classes.len(),
+            &train,
+            sources.as_mut(),
+            &validation,
+            options.intermediate_store_frequency,
+            |event, weights| {
+                match event {
+                    TrainEvent::Evaluation {
+                        step,
+                        train_accuracy,
+                        cross_entropy,
+                        validation_accuracy,
+                        validation_cross_entropy,
+                    } => {
+                        if let Some((tw, vw)) = writers.as_mut() {
+                            let s = *step as i64;
+                            tw.scalar("accuracy", s, *train_accuracy)?;
+                            tw.scalar("cross_entropy", s, *cross_entropy)?;
+                            tw.histogram("final_training_ops/weights", s, &weights.weight)?;
+                            tw.histogram("final_training_ops/biases", s, &weights.bias)?;
+                            if let (Some(a), Some(l)) =
+                                (validation_accuracy, validation_cross_entropy)
+                            {
+                                vw.scalar("accuracy", s, *a)?;
+                                vw.scalar("cross_entropy", s, *l)?;
+                            }
                         }
+                        curve.push(CurvePoint {
+                            step: *step as u64,
+                            train_accuracy: *train_accuracy,
+                            train_cross_entropy: *cross_entropy,
+                            validation_accuracy: *validation_accuracy,
+                            validation_cross_entropy: *validation_cross_entropy,
+                        });
                     }
-                    curve.push(CurvePoint {
-                        step: *step as u64,
-                        train_accuracy: *train_accuracy,
-                        train_cross_entropy: *cross_entropy,
-                        validation_accuracy: *validation_accuracy,
-                        validation_cross_entropy: *validation_cross_entropy,
-                    });
+                    TrainEvent::Intermediate { step } => {
+                        let bundle = Bundle {
+                            manifest: manifest_for(serde_json::Map::new(), 1.0),
+                            head: weights.clone(),
+                            tuned: None,
+                        };
+                        bundle.save(&options.intermediate_dir.join(format!("step-{step}")))?;
+                    }
                 }
-                TrainEvent::Intermediate { step } => {
-                    let bundle = Bundle {
-                        manifest: manifest_for(serde_json::Map::new(), 1.0),
-                        head: weights.clone(),
-                        tuned: None,
-                    };
-                    bundle.save(&options.intermediate_dir.join(format!("step-{step}")))?;
-                }
-            }
-            on_event(RetrainEvent::Training(event));
-            Ok(())
-        },
-    )?;
-    let head_seconds = started.elapsed().as_secs_f64();
+                on_event(RetrainEvent::Training(event));
+                Ok(())
+            },
+        )?
+    };
+    let head_seconds = frozen_head.then(|| started.elapsed().as_secs_f64());
     if let Some((tw, vw)) = writers.as_mut() {
         tw.flush()?;
         vw.flush()?;
@@ -1065,10 +1081,9 @@ fn write_html_report(
             format!("{:.2}%", test.top5_accuracy * 100.0),
         ));
     }
-    summary.push((
-        "head training time".to_string(),
-        format!("{:.1} s", outcome.head_seconds),
-    ));
+    if let Some(seconds) = outcome.head_seconds {
+        summary.push(("head training time".to_string(), format!("{seconds:.1} s")));
+    }
     summary.push((
         "time taken in all".to_string(),
         format!("{:.1} s", run_started.elapsed().as_secs_f64()),

@@ -167,6 +167,12 @@ fn fine_tuned_bundle_records_what_changed_and_runs_the_same_on_both_engines() {
         "{}",
         run.both()
     );
+    // A new head is the start: the frozen head (40 steps asked for) is not trained.
+    assert!(
+        !run.stderr.contains("step 40: train accuracy") && !run.stdout.contains("head trained"),
+        "{}",
+        run.both()
+    );
     for file in [
         "backbone.safetensors",
         "head.safetensors",

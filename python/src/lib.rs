@@ -659,7 +659,8 @@ fn train(
         .map_err(|e| invalid(format!("cannot render the bundle manifest: {e}")))?;
     Ok((
         manifest,
-        outcome.head_seconds,
+        // The module never fine-tunes, so the frozen head always trains.
+        outcome.head_seconds.unwrap_or_default(),
         skipped_list(outcome.skipped),
     ))
 }

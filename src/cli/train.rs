@@ -123,9 +123,10 @@ pub struct Args {
     /// calibrated top score is below P (between 0 and 1; default: always answer).
     #[arg(long, value_name = "P", value_parser = values::probability_open, allow_hyphen_values = true)]
     unknown_below: Option<f32>,
-    /// After the frozen head, fine-tune the top N blocks of the backbone with a new head. For the
-    /// EfficientNet-Lite backbones N counts MBConv blocks from the end, and the 1x1 head
-    /// convolution always trains with them: Lite0 has 16 blocks (N at most 16), Lite1 and
+    /// Fine-tune the top N blocks of the backbone together with a new head (the frozen
+    /// head trains first only for --fine-tune-warm-start). For the EfficientNet-Lite
+    /// backbones N counts MBConv blocks from the end, and the 1x1 head convolution always
+    /// trains with them: Lite0 has 16 blocks (N at most 16), Lite1 and
     /// Lite2 have 21 (at most 21). On the grocery photos (2140 training images, 2 cores,
     /// Lite2), N = 6 with 4 views and 10 epochs took 18 min 13 s from an empty cache
     /// (activations 104 s, epochs 87-99 s each; 83.45% on val/), N = 3 with 2 views and
@@ -428,13 +429,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     bar.finish();
 
     let sizes = &outcome.split_sizes;
+    let head = match outcome.head_seconds {
+        Some(seconds) => format!("; head trained in {seconds:.1}s"),
+        None => String::new(),
+    };
     println!(
-        "{} classes; images: {} train, {} validation, {} test; head trained in {:.1}s",
+        "{} classes; images: {} train, {} validation, {} test{head}",
         outcome.dataset.classes.len(),
         sizes.train,
         sizes.validation,
         sizes.test,
-        outcome.head_seconds
     );
     match &outcome.test {
         Some(test) => {
