@@ -625,7 +625,7 @@ fn train_on(
             },
         )?
     };
-    let head_seconds = frozen_head.then(|| started.elapsed().as_secs_f64());
+    let head_seconds = frozen_head.then_some(started.elapsed().as_secs_f64());
     if let Some((tw, vw)) = writers.as_mut() {
         tw.flush()?;
         vw.flush()?;

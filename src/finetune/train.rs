@@ -215,7 +215,7 @@ pub fn gradients(
     let mut put = |key: String, shape: Vec<usize>, data: Vec<f32>| {
         out.insert(key, crate::weights::TensorData { shape, data });
     };
-    let grad_of = |t: &Tensor<4>| t.grad(&grads).map(|g| to_vec(g)).transpose();
+    let grad_of = |t: &Tensor<4>| t.grad(&grads).map(to_vec).transpose();
     if let Some(g) = grad_of(&x)? {
         put("input".into(), shape.to_vec(), g);
     }
