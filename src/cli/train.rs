@@ -128,15 +128,15 @@ pub struct Args {
     /// backbones N counts MBConv blocks from the end, and the 1x1 head convolution always
     /// trains with them: Lite0 has 16 blocks (N at most 16), Lite1 and
     /// Lite2 have 21 (at most 21). On the grocery photos (2140 training images, 2 cores,
-    /// Lite2), N = 6 with 4 views and 10 epochs took 18 min 13 s from an empty cache
-    /// (activations 104 s, epochs 87-99 s each; 83.45% on val/), N = 3 with 2 views and
-    /// 6 epochs 10 min 19 s (docs/fine-tuning.md).
+    /// Lite2), N = 6 with 4 views and 7 epochs took 21 min 35 s from an empty cache on an
+    /// AVX2-only CPU (activations 232 s, epochs 131-153 s each; 84.12% on val/); an epoch
+    /// took 68 s on an AVX-512 one (docs/fine-tuning.md).
     /// Inception V3 cannot be fine-tuned yet.
     #[arg(long, value_name = "N", value_parser = values::count())]
     fine_tune: Option<usize>,
     /// Fine-tuning epochs (each: every training image once, in one of its cached views);
     /// the epoch with the best validation accuracy is kept.
-    #[arg(long, default_value_t = 10, value_parser = values::count())]
+    #[arg(long, default_value_t = 7, value_parser = values::count())]
     fine_tune_epochs: usize,
     /// Augmented views per training image beside its centre view, computed once and
     /// cached at the cut (drawn with the distortion flags; without any, a mirror, a random
