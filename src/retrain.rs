@@ -707,7 +707,7 @@ fn train_on(
             .collect();
         let features = cached_features(
             &tuned_backbone,
-            &cache,
+            cache,
             &test_files,
             options.extract,
             progress,
@@ -720,7 +720,7 @@ fn train_on(
             .collect();
         let tuned_validation = cached_features(
             &tuned_backbone,
-            &cache,
+            cache,
             &validation_files,
             options.extract,
             progress,
