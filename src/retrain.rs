@@ -568,9 +568,10 @@ fn train_on(
     };
 
     let started = std::time::Instant::now();
-    let result = if !frozen_head {
+    let result = if let Some(ft) = options.fine_tune.as_ref().filter(|_| !frozen_head) {
+        // The head fine-tuning starts from.
         TrainResult {
-            head: crate::finetune::train::new_head(dim, dataset.classes.len(), options.train.seed),
+            head: crate::finetune::train::new_head(dim, dataset.classes.len(), ft.train.seed),
             history: Vec::new(),
         }
     } else {
@@ -634,7 +635,7 @@ fn train_on(
     let mut head = result.head;
     let mut metrics = serde_json::Map::new();
     let all_validation: Vec<usize> = (0..validation.len()).collect();
-    if !validation.is_empty() {
+    if frozen_head && !validation.is_empty() {
         let (acc, _) = score(&head, &validation, &all_validation);
         metrics.insert("validation_accuracy".into(), f64::from(acc).into());
     }
@@ -822,7 +823,7 @@ struct FineTuneDone {
 impl FineTuneStage<'_> {
     /// Activations at the cut for the centre and augmented views of the training images
     /// and the centre views of the validation images (from the cache where it has them),
-    /// then the joint training of the top and the head warm-started from `head`.
+    /// then the joint training of the top and the head, starting from `head` (frozen or new).
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,

@@ -274,8 +274,9 @@ fn score(
     Ok(((correct as f64 / n) as f32, (loss / n) as f32))
 }
 
-/// Fine-tunes the top of `cut` (initial weights `base`) and the head (warm start `head`)
-/// on `train`, keeping the epoch with the best accuracy on `validation`.
+/// Fine-tunes the top of `cut` (initial weights `base`) and the head (starting from
+/// `head`: the frozen head for a warm start, else [`new_head`]; the caller decides) on
+/// `train`, keeping the epoch with the best accuracy on `validation`.
 pub fn fine_tune(
     config: &FineTuneConfig,
     cut: &Cut,
@@ -294,12 +295,7 @@ pub fn fine_tune(
     }
     let device = Device::flex().autodiff();
     let (layout, mut top) = TopLayout::new(cut, base, &device)?;
-    let start = if config.warm_start {
-        head.clone()
-    } else {
-        new_head(head.dim, head.classes, config.seed)
-    };
-    let mut model_head = SoftmaxHead::from_weights(&start, &device);
+    let mut model_head = SoftmaxHead::from_weights(head, &device);
     let classes = head.classes;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xf1e7_0e5e);
     // PyTorch's epsilon (burn's default is 1e-5).
