@@ -1,14 +1,16 @@
-//! The depthwise convolution of the trainable top, with a backward pass of graft's own.
+//! The depthwise convolution of the trainable top, channels last, forward and backward
+//! passes of graft's own.
 //!
-//! burn-flex runs a depthwise convolution's forward pass directly over NCHW planes, but
-//! burn's autodiff differentiates every grouped convolution by the general rules: the input
-//! gradient as a transposed convolution (per group, through im2col and gemm) and the weight
-//! gradient as one convolution per group, slice-assigned into the result (1152 groups per
-//! block in Lite2's last stage). Profiled, that transposed convolution alone was 17% of a
-//! fine-tuning epoch, about 7x the forward pass it differentiates. Neither burn nor another
-//! crate has a direct depthwise backward, so both gradients here are direct loops over the
-//! same planes, one rayon task per plane (input) or per channel (weight); the forward pass
-//! stays burn-flex's.
+//! The top runs channels last (`[batch, H, W, C]`, see [`super::top`]) so that each 1x1
+//! convolution is one matrix product over the whole batch. burn has no channels-last
+//! convolution, and its autodiff differentiates a grouped convolution by the general rules
+//! (the input gradient as a transposed convolution through im2col and gemm, the weight
+//! gradient as one convolution per group: 1152 groups per block in Lite2's last stage);
+//! profiled, that was 17% of a fine-tuning epoch, about 7x the forward pass. No crate has a
+//! depthwise convolution for burn tensors either, so all three passes are direct loops
+//! here. Channels last, every tap is a multiply-add over a run of C contiguous channels
+//! (720 to 1920 in the Lite tops), the loop compilers vectorise best, compiled for this
+//! CPU's widest vectors through [`simd`].
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -16,7 +18,8 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{ConvOptions, ModuleOps};
+#[cfg(test)]
+use burn::backend::ops::ConvOptions;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex};
 use burn::tensor::{DType, Shape, Tensor, TensorData};
@@ -29,6 +32,7 @@ pub struct Geometry {
     pub padding: [(usize, usize); 2],
 }
 
+#[cfg(test)]
 impl Geometry {
     fn options(&self, channels: usize) -> ConvOptions<2> {
         ConvOptions::new_with_padding(self.stride, self.padding, [1, 1], channels)
@@ -37,7 +41,7 @@ impl Geometry {
 
 #[backend_extension(Flex, Autodiff)]
 pub trait DepthwiseBackend: Backend {
-    /// Input `[batch, C, H, W]`, weight `[C, 1, kh, kw]` -> `[batch, C, H', W']`.
+    /// Input `[batch, H, W, C]`, weight `[C, 1, kh, kw]` -> `[batch, H', W', C]`.
     fn depthwise_conv2d(
         input: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -47,8 +51,10 @@ pub trait DepthwiseBackend: Backend {
 
 impl DepthwiseBackend for Flex {
     fn depthwise_conv2d(input: FlexTensor, weight: FlexTensor, geometry: Geometry) -> FlexTensor {
-        let channels = weight.layout().shape()[0];
-        Flex::conv2d(input, weight, None, geometry.options(channels))
+        let (input, weight) = (input.to_contiguous(), weight.to_contiguous());
+        let planes = Planes::new(&input, &weight, geometry);
+        let out = planes.forward(f32s(&input), &planes.taps_first(f32s(&weight)));
+        flex(out, planes.output_shape())
     }
 }
 
@@ -58,7 +64,7 @@ struct DepthwiseBackward {
 }
 
 impl Backward<Flex, 2> for DepthwiseBackward {
-    /// The forward pass's input and weight.
+    /// The forward pass's input and weight (contiguous).
     type State = (FlexTensor, FlexTensor);
 
     fn backward(
@@ -68,16 +74,16 @@ impl Backward<Flex, 2> for DepthwiseBackward {
         _checkpointer: &mut Checkpointer,
     ) {
         let [input_node, weight_node] = ops.parents;
-        let output_grad = grads.consume::<Flex>(&ops.node);
+        let output_grad = grads.consume::<Flex>(&ops.node).to_contiguous();
         let (input, weight) = ops.state;
-        let planes = Planes::new(&input, &weight, &output_grad, self.geometry);
-        let output_grad = output_grad.to_contiguous();
+        let planes = Planes::new(&input, &weight, self.geometry);
         if let Some(node) = input_node {
-            let grad = planes.input_grad(f32s(&output_grad), f32s(&weight.to_contiguous()));
+            let weight = planes.taps_first(f32s(&weight));
+            let grad = planes.input_grad(f32s(&output_grad), &weight);
             grads.register::<Flex>(node.id, flex(grad, input.layout().shape().clone()));
         }
         if let Some(node) = weight_node {
-            let grad = planes.weight_grad(f32s(&output_grad), f32s(&input.to_contiguous()));
+            let grad = planes.weight_grad(f32s(&output_grad), f32s(&input));
             grads.register::<Flex>(node.id, flex(grad, weight.layout().shape().clone()));
         }
     }
@@ -97,6 +103,7 @@ impl<C: CheckpointStrategy> DepthwiseBackend for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
+                let (input, weight) = (input.to_contiguous(), weight.to_contiguous());
                 let output = Flex::depthwise_conv2d(input.clone(), weight.clone(), geometry);
                 prep.finish((input, weight), output)
             }
@@ -107,7 +114,9 @@ impl<C: CheckpointStrategy> DepthwiseBackend for Autodiff<Flex, C> {
     }
 }
 
-/// A depthwise convolution on burn tensors, differentiated by [`DepthwiseBackward`].
+/// A channels-last depthwise convolution on burn tensors (input `[batch, H, W, C]`,
+/// weight `[C, 1, kh, kw]` as the checkpoint stores it), differentiated by
+/// [`DepthwiseBackward`].
 pub fn depthwise_conv2d(input: Tensor<4>, weight: Tensor<4>, geometry: Geometry) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as DepthwiseBackend>::depthwise_conv2d(
         input.into_dispatch(),
@@ -119,17 +128,37 @@ pub fn depthwise_conv2d(input: Tensor<4>, weight: Tensor<4>, geometry: Geometry)
 /// The f32 values of a contiguous tensor. The top trains in f32 only (the cut activations
 /// are widened from their f16 storage before they enter it).
 fn f32s(tensor: &FlexTensor) -> &[f32] {
-    assert_eq!(tensor.dtype(), DType::F32, "depthwise backward runs on f32");
+    assert_eq!(
+        tensor.dtype(),
+        DType::F32,
+        "depthwise convolution runs on f32"
+    );
     tensor.storage()
+}
+
+/// Runs `f` compiled for the widest vector instructions this CPU has (AVX2 and FMA, or
+/// AVX-512), chosen at run time by pulp (gemm's own dispatcher): graft is built for the
+/// baseline x86-64, whose loops are 4 lanes wide.
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
 }
 
 fn flex(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// The sizes of one depthwise convolution's planes.
+/// `acc[c] += a[c] * b[c]` over one run of channels.
+#[inline(always)]
+fn multiply_add(acc: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((acc, a), b) in acc.iter_mut().zip(a).zip(b) {
+        *acc += a * b;
+    }
+}
+
+/// The sizes of one channels-last depthwise convolution.
 #[derive(Clone, Copy, Debug)]
 struct Planes {
+    batch: usize,
     channels: usize,
     in_h: usize,
     in_w: usize,
@@ -142,18 +171,19 @@ struct Planes {
 }
 
 impl Planes {
-    fn new(input: &FlexTensor, weight: &FlexTensor, output: &FlexTensor, g: Geometry) -> Planes {
-        let (i, w, o) = (
-            input.layout().shape(),
-            weight.layout().shape(),
-            output.layout().shape(),
-        );
+    fn new(input: &FlexTensor, weight: &FlexTensor, g: Geometry) -> Planes {
+        let (i, w) = (input.layout().shape(), weight.layout().shape());
+        let out = |size: usize, k: usize, axis: usize| {
+            let (begin, end) = g.padding[axis];
+            (size + begin + end).saturating_sub(k) / g.stride[axis] + 1
+        };
         Planes {
-            channels: i[1],
-            in_h: i[2],
-            in_w: i[3],
-            out_h: o[2],
-            out_w: o[3],
+            batch: i[0],
+            in_h: i[1],
+            in_w: i[2],
+            channels: i[3],
+            out_h: out(i[1], w[2], 0),
+            out_w: out(i[2], w[3], 1),
             kernel_h: w[2],
             kernel_w: w[3],
             stride: g.stride,
@@ -161,99 +191,147 @@ impl Planes {
         }
     }
 
-    /// The output positions along one axis that kernel tap `k` maps inside the input:
-    /// `out * stride + k - pad` in `[0, size)`.
-    fn taps(k: usize, stride: usize, pad: usize, size: usize, out: usize) -> (usize, usize) {
-        let first = pad.saturating_sub(k).div_ceil(stride);
-        let last = (size + pad).saturating_sub(k).div_ceil(stride).min(out);
-        (first, last.max(first))
+    fn output_shape(&self) -> Shape {
+        Shape::from(vec![self.batch, self.out_h, self.out_w, self.channels])
     }
 
-    /// `d input[n, c, oh * s + i - p, ow * s + j - p] += weight[c, i, j] * d output[n, c, oh, ow]`.
-    fn input_grad(&self, output_grad: &[f32], weight: &[f32]) -> Vec<f32> {
+    /// The weight `[C, kh * kw]` as `[kh * kw, C]`: one run of channels per tap.
+    fn taps_first(&self, weight: &[f32]) -> Vec<f32> {
+        let taps = self.kernel_h * self.kernel_w;
+        let mut out = vec![0.0f32; weight.len()];
+        for (c, w) in weight.chunks_exact(taps).enumerate() {
+            for (t, v) in w.iter().enumerate() {
+                out[t * self.channels + c] = *v;
+            }
+        }
+        out
+    }
+
+    /// The input coordinate that output `o` reads through tap `k` along `axis`, if inside.
+    fn source(&self, o: usize, k: usize, axis: usize) -> Option<usize> {
+        let size = [self.in_h, self.in_w][axis];
+        (o * self.stride[axis] + k)
+            .checked_sub(self.pad[axis])
+            .filter(|&i| i < size)
+    }
+
+    /// Every `(tap, input pixel, output pixel)` of one image, pixels as offsets in runs of
+    /// C channels, taps in the order of `[kh, kw]`.
+    fn pairs(&self, mut each: impl FnMut(usize, usize, usize)) {
+        for oh in 0..self.out_h {
+            for i in 0..self.kernel_h {
+                let Some(ih) = self.source(oh, i, 0) else {
+                    continue;
+                };
+                for ow in 0..self.out_w {
+                    for j in 0..self.kernel_w {
+                        if let Some(iw) = self.source(ow, j, 1) {
+                            each(
+                                i * self.kernel_w + j,
+                                ih * self.in_w + iw,
+                                oh * self.out_w + ow,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `output[n, oh, ow, c] = sum over taps of weight[c, i, j] * input[n, oh * s + i - p, ow * s + j - p, c]`,
+    /// one rayon task per output row.
+    fn forward(&self, input: &[f32], weight: &[f32]) -> Vec<f32> {
         let p = *self;
-        let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
-        let taps = p.kernel_h * p.kernel_w;
-        let mut grad = vec![0.0f32; output_grad.len() / out_plane * in_plane];
-        grad.par_chunks_mut(in_plane)
-            .zip(output_grad.par_chunks(out_plane))
-            .enumerate()
-            .for_each(|(plane, (dx, dy))| {
-                let w = &weight[(plane % p.channels) * taps..][..taps];
+        let c = p.channels;
+        let (in_image, row) = (p.in_h * p.in_w * c, p.out_w * c);
+        let mut out = vec![0.0f32; p.batch * p.out_h * row];
+        out.par_chunks_mut(row).enumerate().for_each(|(r, y)| {
+            simd(|| {
+                let (n, oh) = (r / p.out_h, r % p.out_h);
+                let x = &input[n * in_image..][..in_image];
                 for i in 0..p.kernel_h {
-                    let (oh0, oh1) = Planes::taps(i, p.stride[0], p.pad[0], p.in_h, p.out_h);
-                    for j in 0..p.kernel_w {
-                        let (ow0, ow1) = Planes::taps(j, p.stride[1], p.pad[1], p.in_w, p.out_w);
-                        let wij = w[i * p.kernel_w + j];
-                        for oh in oh0..oh1 {
-                            let start =
-                                (oh * p.stride[0] + i - p.pad[0]) * p.in_w + ow0 * p.stride[1] + j
-                                    - p.pad[1];
-                            let dy = &dy[oh * p.out_w + ow0..oh * p.out_w + ow1];
-                            let dx = &mut dx[start..];
-                            if p.stride[1] == 1 {
-                                for (d, g) in dx.iter_mut().zip(dy) {
-                                    *d += wij * g;
-                                }
-                            } else {
-                                for (d, g) in dx.iter_mut().step_by(p.stride[1]).zip(dy) {
-                                    *d += wij * g;
-                                }
+                    let Some(ih) = p.source(oh, i, 0) else {
+                        continue;
+                    };
+                    for ow in 0..p.out_w {
+                        let y = &mut y[ow * c..][..c];
+                        for j in 0..p.kernel_w {
+                            if let Some(iw) = p.source(ow, j, 1) {
+                                let w = &weight[(i * p.kernel_w + j) * c..][..c];
+                                multiply_add(y, w, &x[(ih * p.in_w + iw) * c..][..c]);
                             }
                         }
                     }
                 }
+            })
+        });
+        out
+    }
+
+    /// `d input[n, oh * s + i - p, ow * s + j - p, c] += weight[c, i, j] * d output[n, oh, ow, c]`,
+    /// one rayon task per image.
+    fn input_grad(&self, output_grad: &[f32], weight: &[f32]) -> Vec<f32> {
+        let p = *self;
+        let c = p.channels;
+        let (in_image, out_image) = (p.in_h * p.in_w * c, p.out_h * p.out_w * c);
+        let mut grad = vec![0.0f32; p.batch * in_image];
+        grad.par_chunks_mut(in_image)
+            .zip(output_grad.par_chunks(out_image))
+            .for_each(|(dx, dy)| {
+                simd(|| {
+                    p.pairs(|tap, x, y| {
+                        multiply_add(
+                            &mut dx[x * c..][..c],
+                            &weight[tap * c..][..c],
+                            &dy[y * c..][..c],
+                        )
+                    })
+                })
             });
         grad
     }
 
-    /// `d weight[c, i, j] = sum over n, oh, ow of d output[n, c, oh, ow] * input[n, c, oh * s + i - p, ow * s + j - p]`.
+    /// `d weight[c, i, j] = sum over n, oh, ow of d output[n, oh, ow, c] * input[n, oh * s + i - p, ow * s + j - p, c]`.
     ///
-    /// Each tap accumulates a row of partial sums (one per output column) so that the inner
-    /// loop is an element-wise multiply-add, not a serial sum; the rows are summed once per
-    /// channel.
+    /// Each image sums into its own `[kh * kw, C]` in parallel; the images' sums are then
+    /// added in image order, so the result does not depend on the number of threads.
     fn weight_grad(&self, output_grad: &[f32], input: &[f32]) -> Vec<f32> {
         let p = *self;
-        let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
+        let c = p.channels;
         let taps = p.kernel_h * p.kernel_w;
-        let batch = output_grad.len() / out_plane / p.channels;
-        let mut grad = vec![0.0f32; p.channels * taps];
-        grad.par_chunks_mut(taps).enumerate().for_each(|(c, dw)| {
-            let mut rows = vec![0.0f32; taps * p.out_w];
-            for n in 0..batch {
-                let plane = n * p.channels + c;
-                let x = &input[plane * in_plane..][..in_plane];
-                let dy = &output_grad[plane * out_plane..][..out_plane];
-                for i in 0..p.kernel_h {
-                    let (oh0, oh1) = Planes::taps(i, p.stride[0], p.pad[0], p.in_h, p.out_h);
-                    for j in 0..p.kernel_w {
-                        let (ow0, ow1) = Planes::taps(j, p.stride[1], p.pad[1], p.in_w, p.out_w);
-                        let acc = &mut rows[(i * p.kernel_w + j) * p.out_w..][ow0..ow1];
-                        for oh in oh0..oh1 {
-                            let start =
-                                (oh * p.stride[0] + i - p.pad[0]) * p.in_w + ow0 * p.stride[1] + j
-                                    - p.pad[1];
-                            let dy = &dy[oh * p.out_w + ow0..oh * p.out_w + ow1];
-                            let x = &x[start..];
-                            if p.stride[1] == 1 {
-                                for ((a, g), v) in acc.iter_mut().zip(dy).zip(x) {
-                                    *a += g * v;
-                                }
-                            } else {
-                                for ((a, g), v) in
-                                    acc.iter_mut().zip(dy).zip(x.iter().step_by(p.stride[1]))
-                                {
-                                    *a += g * v;
-                                }
-                            }
-                        }
-                    }
+        let (in_image, out_image) = (p.in_h * p.in_w * c, p.out_h * p.out_w * c);
+        let per_image: Vec<Vec<f32>> = input
+            .par_chunks(in_image)
+            .zip(output_grad.par_chunks(out_image))
+            .map(|(x, dy)| {
+                simd(|| {
+                    let mut dw = vec![0.0f32; taps * c];
+                    p.pairs(|tap, xi, yi| {
+                        multiply_add(
+                            &mut dw[tap * c..][..c],
+                            &dy[yi * c..][..c],
+                            &x[xi * c..][..c],
+                        )
+                    });
+                    dw
+                })
+            })
+            .collect();
+        let mut sum = vec![0.0f32; taps * c];
+        simd(|| {
+            for dw in &per_image {
+                for (s, v) in sum.iter_mut().zip(dw) {
+                    *s += v;
                 }
             }
-            for (d, row) in dw.iter_mut().zip(rows.chunks(p.out_w)) {
-                *d = row.iter().sum();
-            }
         });
+        // Back to the checkpoint's `[C, 1, kh, kw]`.
+        let mut grad = vec![0.0f32; taps * c];
+        for (t, run) in sum.chunks_exact(c).enumerate() {
+            for (ch, v) in run.iter().enumerate() {
+                grad[ch * taps + t] = *v;
+            }
+        }
         grad
     }
 }
@@ -264,13 +342,10 @@ mod tests {
     use burn::tensor::module::conv2d;
     use burn::tensor::{Device, Distribution};
 
-    /// Gradients of `sum(conv * r)` for a fixed random `r`, by [`depthwise_conv2d`] and by
-    /// burn's general grouped convolution.
-    fn both(
-        geometry: Geometry,
-        input: [usize; 4],
-        kernel: [usize; 2],
-    ) -> [(Vec<f32>, Vec<f32>); 2] {
+    /// Output and gradients of `sum(conv * r)` for a fixed random `r`, by
+    /// [`depthwise_conv2d`] (channels last, permuted from and back to NCHW) and by burn's
+    /// general grouped convolution.
+    fn both(geometry: Geometry, input: [usize; 4], kernel: [usize; 2]) -> [[Vec<f32>; 3]; 2] {
         let device = Device::flex().autodiff();
         let [_, channels, _, _] = input;
         let x = Tensor::<4>::random(input, Distribution::Normal(0.0, 1.0), &device);
@@ -286,18 +361,21 @@ mod tests {
             let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
             let out = run(x.clone(), w.clone());
             assert_eq!(out.dims(), reference.dims());
-            let g = (out * r.clone()).sum().backward();
             let read = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
-            (read(x.grad(&g).unwrap()), read(w.grad(&g).unwrap()))
+            let y = read(out.clone().detach());
+            let g = (out * r.clone()).sum().backward();
+            [y, read(x.grad(&g).unwrap()), read(w.grad(&g).unwrap())]
         };
         [
-            grads(&|x, w| depthwise_conv2d(x, w, geometry)),
+            grads(&|x, w| {
+                depthwise_conv2d(x.permute([0, 2, 3, 1]), w, geometry).permute([0, 3, 1, 2])
+            }),
             grads(&|x, w| conv2d(x, w, None, options.clone())),
         ]
     }
 
     #[test]
-    fn depthwise_gradients_equal_burns_grouped_convolution() {
+    fn depthwise_output_and_gradients_equal_burns_grouped_convolution() {
         let cases = [
             (
                 Geometry {
@@ -333,8 +411,8 @@ mod tests {
             ),
         ];
         for (geometry, input, kernel) in cases {
-            let [(dx, dw), (rx, rw)] = both(geometry, input, kernel);
-            for (name, got, want) in [("input", dx, rx), ("weight", dw, rw)] {
+            let [[y, dx, dw], [ry, rx, rw]] = both(geometry, input, kernel);
+            for (name, got, want) in [("output", y, ry), ("input", dx, rx), ("weight", dw, rw)] {
                 assert_eq!(got.len(), want.len());
                 let gap = got
                     .iter()
@@ -343,7 +421,7 @@ mod tests {
                     .fold(0f32, f32::max);
                 assert!(
                     gap <= 1e-4,
-                    "{geometry:?} {input:?}: {name} gradients differ by {gap}"
+                    "{geometry:?} {input:?}: {name} differs by {gap}"
                 );
             }
         }

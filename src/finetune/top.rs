@@ -141,6 +141,31 @@ fn activate<const D: usize>(x: Tensor<D>, activation: Activation) -> Tensor<D> {
     }
 }
 
+/// One map of the top, channels last: `x` is `[batch * h * w, C]`.
+#[derive(Clone)]
+struct Map {
+    x: Tensor<2>,
+    h: usize,
+    w: usize,
+}
+
+impl Map {
+    fn c(&self) -> usize {
+        self.x.dims()[1]
+    }
+}
+
+/// `x` `[rows, C]` plus a per-channel shift, where there is one.
+fn shifted(x: Tensor<2>, shift: Option<Tensor<1>>) -> Tensor<2> {
+    match shift {
+        Some(shift) => {
+            let c = shift.dims()[0];
+            x + shift.reshape([1, c])
+        }
+        None => x,
+    }
+}
+
 fn read(t: Tensor<1>) -> Result<Vec<f32>> {
     t.into_data()
         .try_to_vec::<f32>()
@@ -300,11 +325,22 @@ impl TopLayout {
     }
 
     /// Activations at the cut `[batch, C, H, W]` -> pooled features `[batch, D]`.
+    ///
+    /// Inside, every map is channels last, `[batch * H * W, C]`: a 1x1 convolution is then
+    /// one matrix product over the whole batch (`[batch * H * W, in] x [in, out]`), forward
+    /// and in both gradients, where channels first it was one small product per image and
+    /// the weight gradient a sum of `batch` matrices. One epoch of `--fine-tune 6` on a
+    /// quarter of the grocery photos: see docs/fine-tuning.md.
     pub fn forward(&self, params: &TopParams, cut: Tensor<4>) -> Result<Tensor<2>> {
         let malformed = || Error::Engine("malformed fine-tuning graph".into());
-        let mut maps: Vec<Option<Tensor<4>>> = (0..self.nodes).map(|_| None).collect();
-        maps[self.cut] = Some(cut);
-        let get = |maps: &Vec<Option<Tensor<4>>>, i: usize| maps[i].clone().ok_or_else(malformed);
+        let [n, c, h, w] = cut.dims();
+        let mut maps: Vec<Option<Map>> = (0..self.nodes).map(|_| None).collect();
+        maps[self.cut] = Some(Map {
+            x: cut.permute([0, 2, 3, 1]).reshape([n * h * w, c]),
+            h,
+            w,
+        });
+        let get = |maps: &Vec<Option<Map>>, i: usize| maps[i].clone().ok_or_else(malformed);
         let mut pooled = None;
         for (i, step) in &self.steps {
             let out = match step {
@@ -314,8 +350,17 @@ impl TopLayout {
                     options,
                     norm,
                 } => {
+                    let m = get(&maps, *input)?;
                     let (kernel, shift) = fold(params.convs[*weight].val(), norm.as_ref(), params);
-                    conv2d(get(&maps, *input)?, kernel, shift, options.clone())
+                    let c = m.c();
+                    let channels_first = m.x.reshape([n, m.h, m.w, c]).permute([0, 3, 1, 2]);
+                    let y = conv2d(channels_first, kernel, shift, options.clone());
+                    let [_, out, oh, ow] = y.dims();
+                    Map {
+                        x: y.permute([0, 2, 3, 1]).reshape([n * oh * ow, out]),
+                        h: oh,
+                        w: ow,
+                    }
                 }
                 Step::Depthwise {
                     input,
@@ -323,14 +368,16 @@ impl TopLayout {
                     geometry,
                     norm,
                 } => {
+                    let m = get(&maps, *input)?;
+                    let c = m.c();
                     let (kernel, shift) = fold(params.convs[*weight].val(), norm.as_ref(), params);
-                    let y = depthwise_conv2d(get(&maps, *input)?, kernel, *geometry);
-                    match shift {
-                        Some(shift) => {
-                            let c = shift.dims()[0];
-                            y + shift.reshape([1, c, 1, 1])
-                        }
-                        None => y,
+                    let y = depthwise_conv2d(m.x.reshape([n, m.h, m.w, c]), kernel, *geometry);
+                    let [_, oh, ow, _] = y.dims();
+                    let y = y.reshape([n * oh * ow, c]);
+                    Map {
+                        x: shifted(y, shift),
+                        h: oh,
+                        w: ow,
                     }
                 }
                 Step::Pointwise {
@@ -338,33 +385,40 @@ impl TopLayout {
                     weight,
                     norm,
                 } => {
-                    let x = get(&maps, *input)?;
-                    let [n, c, h, w] = x.dims();
+                    let m = get(&maps, *input)?;
                     let [out, ..] = self.conv_shapes[*weight];
-                    let kernel = params.convs[*weight].val().reshape([out, c]);
+                    let kernel = params.convs[*weight].val().reshape([out, m.c()]);
                     let (kernel, shift) = fold(kernel, norm.as_ref(), params);
-                    let y = kernel.unsqueeze::<3>().matmul(x.reshape([n, c, h * w]));
-                    let y = match shift {
-                        Some(shift) => y + shift.reshape([1, out, 1]),
-                        None => y,
-                    };
-                    y.reshape([n, out, h, w])
+                    Map {
+                        x: shifted(m.x.matmul(kernel.transpose()), shift),
+                        ..m
+                    }
                 }
                 Step::BatchNorm { input, norm } => {
-                    let x = get(&maps, *input)?;
+                    let m = get(&maps, *input)?;
                     let (scale, shift) = norm.affine(params);
                     let c = scale.dims()[0];
-                    x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+                    Map {
+                        x: shifted(m.x * scale.reshape([1, c]), Some(shift)),
+                        ..m
+                    }
                 }
                 Step::Folded { input } => get(&maps, *input)?,
                 Step::Activation { input, activation } => {
-                    activate(get(&maps, *input)?, *activation)
+                    let m = get(&maps, *input)?;
+                    Map {
+                        x: activate(m.x, *activation),
+                        ..m
+                    }
                 }
-                Step::Add { a, b } => get(&maps, *a)? + get(&maps, *b)?,
+                Step::Add { a, b } => {
+                    let (a, b) = (get(&maps, *a)?, get(&maps, *b)?);
+                    Map { x: a.x + b.x, ..a }
+                }
                 Step::GlobalAvgPool { input } => {
-                    let x = get(&maps, *input)?;
-                    let [n, c, _, _] = x.dims();
-                    pooled = Some(x.mean_dim(3).mean_dim(2).reshape([n, c]));
+                    let m = get(&maps, *input)?;
+                    let c = m.c();
+                    pooled = Some(m.x.reshape([n, m.h * m.w, c]).mean_dim(1).reshape([n, c]));
                     continue;
                 }
             };
