@@ -688,6 +688,10 @@ fn train_on(
             ("fine_tune_views", ft.views.into()),
             ("fine_tune_learning_rate", t.backbone_learning_rate.into()),
             ("fine_tune_head_learning_rate", t.head_learning_rate.into()),
+            (
+                "fine_tune_schedule",
+                serde_json::to_value(t.schedule).unwrap_or_default(),
+            ),
             ("fine_tune_batch_size", t.batch_size.into()),
             ("label_smoothing", t.label_smoothing.into()),
             ("dropout", t.dropout.into()),

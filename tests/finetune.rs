@@ -190,6 +190,7 @@ fn fine_tuned_bundle_records_what_changed_and_runs_the_same_on_both_engines() {
     assert_eq!(ft.blocks, 2);
     assert_eq!(bundle.manifest.training["fine_tune"], 2);
     assert_eq!(bundle.manifest.training["fine_tune_epochs"], 2);
+    assert_eq!(bundle.manifest.training["fine_tune_schedule"], "cosine");
     assert_eq!(ft.epoch_seconds.len(), 2);
     assert!((1..=2).contains(&ft.best_epoch));
     let tuned = bundle.tuned.as_ref().unwrap();
@@ -312,6 +313,24 @@ fn same_seed_gives_bit_identical_fine_tuned_weights() {
             "{file} differs between two runs with --seed 3"
         );
     }
+}
+
+#[test]
+fn a_constant_schedule_is_recorded_and_trains_other_weights() {
+    let shared = shared();
+    let constant = shared.dir.path().join("constant");
+    let data = samples();
+    let mut args = train_args(&data, &shared.bottlenecks, &constant);
+    args.extend_from_slice(&["--fine-tune-schedule", "constant"]);
+    graft(shared.dir.path(), &args).assert_code(0);
+    let bundle = Bundle::load(&constant).unwrap();
+    assert_eq!(bundle.manifest.training["fine_tune_schedule"], "constant");
+    // Same seed, same views, same data: only the learning rates differ.
+    assert_ne!(
+        std::fs::read(shared.model.join("backbone.safetensors")).unwrap(),
+        std::fs::read(constant.join("backbone.safetensors")).unwrap(),
+        "a constant schedule trained the same weights as the cosine one"
+    );
 }
 
 #[test]

@@ -40,6 +40,9 @@ pub struct FineTuneConfig {
     pub weight_decay: f64,
     /// Fraction of the steps spent warming up linearly (then cosine to zero).
     pub warmup: f64,
+    /// How the learning rates change over the steps.
+    #[serde(default)]
+    pub schedule: Schedule,
     /// Dropout probability on the pooled features.
     pub dropout: f64,
     pub label_smoothing: f64,
@@ -47,6 +50,18 @@ pub struct FineTuneConfig {
     /// Start the head from the frozen head (else [`new_head`]).
     #[serde(default)]
     pub warm_start: bool,
+}
+
+/// The learning-rate schedule of fine-tuning (`--fine-tune-schedule`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// A linear warm-up over [`FineTuneConfig::warmup`] of the steps, then a half cosine
+    /// down to zero (timm's and fastai's shape).
+    #[default]
+    Cosine,
+    /// The peak learning rates throughout, no warm-up: what the ingredient table compares.
+    Constant,
 }
 
 impl FineTuneConfig {
@@ -363,7 +378,10 @@ pub fn fine_tune(
             let mut grads = loss.backward();
             let top_grads = GradientsParams::from_module(&mut grads, &top);
             let head_grads = GradientsParams::from_module(&mut grads, &model_head);
-            let factor = schedule(step, warmup, total);
+            let factor = match config.schedule {
+                Schedule::Cosine => schedule(step, warmup, total),
+                Schedule::Constant => 1.0,
+            };
             top = top_optim.step(config.backbone_learning_rate * factor, top, top_grads);
             model_head =
                 head_optim.step(config.head_learning_rate * factor, model_head, head_grads);
