@@ -128,9 +128,9 @@ pub struct Args {
     /// backbones N counts MBConv blocks from the end, and the 1x1 head convolution always
     /// trains with them: Lite0 has 16 blocks (N at most 16), Lite1 and
     /// Lite2 have 21 (at most 21). On the grocery photos (2140 training images, 2 cores,
-    /// Lite2), N = 6 with 4 views and 7 epochs took 21 min 35 s from an empty cache on an
-    /// AVX2-only CPU (activations 232 s, epochs 131-153 s each; 84.12% on val/); an epoch
-    /// took 68 s on an AVX-512 one (docs/fine-tuning.md).
+    /// Lite2), N = 6 with 4 views and 7 epochs took 13 min 39 s from an empty cache on an
+    /// AVX2-only CPU (features 70 s, activations at the cut 216 s, epochs 71-77 s each;
+    /// 83.78% on val/, 3 seeds: see docs/fine-tuning.md).
     /// Inception V3 cannot be fine-tuned yet.
     #[arg(long, value_name = "N", value_parser = values::count())]
     fine_tune: Option<usize>,
@@ -143,7 +143,7 @@ pub struct Args {
     /// crop and brightness change).
     #[arg(long, default_value_t = 4, value_name = "K")]
     fine_tune_views: usize,
-    /// Peak learning rate of the backbone blocks (AdamW, linear warm-up then cosine).
+    /// Peak learning rate of the backbone blocks (AdamW; see --fine-tune-schedule).
     #[arg(long, default_value_t = 1e-4, value_parser = values::learning_rate, allow_hyphen_values = true)]
     fine_tune_learning_rate: f64,
     /// Peak learning rate of the head while fine-tuning.
