@@ -139,7 +139,7 @@ fn f32s(tensor: &FlexTensor) -> &[f32] {
 /// Runs `f` compiled for the widest vector instructions this CPU has (AVX2 and FMA, or
 /// AVX-512), chosen at run time by pulp (gemm's own dispatcher): graft is built for the
 /// baseline x86-64, whose loops are 4 lanes wide.
-pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+fn simd<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 

@@ -64,6 +64,16 @@ pub enum Schedule {
     Constant,
 }
 
+impl Schedule {
+    /// Learning-rate factor at `step` of `total`, `warmup` of them warming up.
+    pub fn factor(self, step: usize, warmup: usize, total: usize) -> f64 {
+        match self {
+            Schedule::Cosine => schedule(step, warmup, total),
+            Schedule::Constant => 1.0,
+        }
+    }
+}
+
 impl FineTuneConfig {
     /// AdamW's weight decay (PyTorch's default).
     pub const DEFAULT_WEIGHT_DECAY: f64 = 0.01;
@@ -378,10 +388,7 @@ pub fn fine_tune(
             let mut grads = loss.backward();
             let top_grads = GradientsParams::from_module(&mut grads, &top);
             let head_grads = GradientsParams::from_module(&mut grads, &model_head);
-            let factor = match config.schedule {
-                Schedule::Cosine => schedule(step, warmup, total),
-                Schedule::Constant => 1.0,
-            };
+            let factor = config.schedule.factor(step, warmup, total);
             top = top_optim.step(config.backbone_learning_rate * factor, top, top_grads);
             model_head =
                 head_optim.step(config.head_learning_rate * factor, model_head, head_grads);
@@ -497,5 +504,7 @@ mod tests {
         assert!((schedule(4, 4, 20) - 1.0).abs() < 1e-12);
         assert!(schedule(12, 4, 20) < schedule(8, 4, 20));
         assert!(schedule(19, 4, 20) < 0.02);
+        assert_eq!(Schedule::Cosine.factor(12, 4, 20), schedule(12, 4, 20));
+        assert!((0..20).all(|step| Schedule::Constant.factor(step, 4, 20) == 1.0));
     }
 }
