@@ -320,6 +320,7 @@ impl Backbone {
             &folded_tensors,
             (calibration.batches)(),
             method,
+            id.spec().int8_float_layers,
             progress,
         );
         progress.finish();

@@ -139,6 +139,9 @@ pub struct ActivationScale {
 #[derive(Clone, Debug, Default)]
 pub struct Qdq {
     pub activations: Vec<Option<ActivationScale>>,
+    /// Per node, whether a convolution keeps float weights although its input is
+    /// quantized (the backbone's `int8_float_layers`); false for every other node.
+    pub float_convs: Vec<bool>,
 }
 
 /// What [`export_with`] writes beyond the float graph.
@@ -465,7 +468,10 @@ pub fn export_with(
                 let groups = (*groups).max(1);
                 let dims = [out_ch, in_ch / groups, kernel[0], kernel[1]];
                 let bkey = format!("{key}.bias");
-                let (wname, bname) = match quantized(*input) {
+                let float_conv = options
+                    .qdq
+                    .is_some_and(|q| q.float_convs.get(i).copied().unwrap_or(false));
+                let (wname, bname) = match quantized(*input).filter(|_| !float_conv) {
                     Some(q) => w.int8_conv_weights(&wkey, &dims, bias.then_some(&bkey), q.scale)?,
                     None => {
                         w.weight(&wkey, &dims)?;

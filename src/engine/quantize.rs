@@ -15,7 +15,10 @@
 //! window and activation, and any value such an op reads (the network input when a
 //! convolution reads it directly). The global pooling that makes the features and the
 //! ImageNet classifier stay float: they are a sliver of the work, and the features keep
-//! their full resolution for the head.
+//! their full resolution for the head. So do the convolutions a backbone names in its
+//! `int8_float_layers` (for EfficientNet-Lite the stem and the first block), whose
+//! rounding costs the features most; their inputs and outputs are still quantized where an
+//! integer op reads or writes them.
 
 use super::onnx::{ActivationScale, ExportOptions, Qdq};
 use crate::backbone::graph::{Graph, Op, Value};
@@ -23,8 +26,9 @@ use crate::error::{Error, Result};
 use crate::weights::TensorMap;
 
 /// Bumped when the quantization rules change, retiring every quantized model cached
-/// (2: 7-bit weights; 3: depthwise weights back to 8 bits).
-pub const QUANTIZER_VERSION: &str = "graft-int8/3";
+/// (2: 7-bit weights; 3: depthwise weights back to 8 bits; 4: the backbone's
+/// `int8_float_layers` stay float).
+pub const QUANTIZER_VERSION: &str = "graft-int8/4";
 
 /// How a tensor's range is taken from the calibration batches.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,12 +66,32 @@ fn integer_op(op: &Op) -> bool {
     )
 }
 
+/// For each node of `graph`, whether it is a convolution whose key starts with one of
+/// `float_layers` (it keeps float weights and a float output).
+pub fn float_convs(graph: &Graph, float_layers: &[&str]) -> Vec<bool> {
+    graph
+        .nodes
+        .iter()
+        .map(|n| match &n.op {
+            Op::Conv { key, .. } => float_layers.iter().any(|p| key.starts_with(p)),
+            _ => false,
+        })
+        .collect()
+}
+
 /// For each value of `graph`, whether it gets a QuantizeLinear/DequantizeLinear pair: the
-/// outputs of integer ops and everything an integer op reads.
-pub fn quantized_values(graph: &Graph) -> Vec<bool> {
-    let mut quantized: Vec<bool> = graph.nodes.iter().map(|n| integer_op(&n.op)).collect();
-    for node in &graph.nodes {
-        if integer_op(&node.op) {
+/// outputs of integer ops (convolutions in `float_layers` excepted) and everything an
+/// integer op reads.
+pub fn quantized_values(graph: &Graph, float_layers: &[&str]) -> Vec<bool> {
+    let integer: Vec<bool> = graph
+        .nodes
+        .iter()
+        .zip(float_convs(graph, float_layers))
+        .map(|(n, float)| integer_op(&n.op) && !float)
+        .collect();
+    let mut quantized = integer.clone();
+    for (node, integer) in graph.nodes.iter().zip(integer) {
+        if integer {
             for input in node.op.inputs() {
                 quantized[input.0] = true;
             }
@@ -152,15 +176,17 @@ pub fn activation_scale(min: f32, max: f32) -> ActivationScale {
 /// Runs the float `graph` on every calibration batch and records the range of every
 /// value [`quantized_values`] picks; returns the QDQ parameters.
 ///
-/// `batches` yields preprocessed images `[n, 3, S, S]` and their count `n`.
+/// `batches` yields preprocessed images `[n, 3, S, S]` and their count `n`;
+/// `float_layers` are the key prefixes of the convolutions that stay float.
 pub fn calibrate(
     graph: &Graph,
     tensors: &TensorMap,
     batches: impl IntoIterator<Item = Result<(Vec<f32>, usize)>>,
     method: RangeMethod,
+    float_layers: &[&str],
     progress: &dyn crate::progress::Progress,
 ) -> Result<Qdq> {
-    let quantized = quantized_values(graph);
+    let quantized = quantized_values(graph, float_layers);
     // The input's range is read from the pixels themselves; an ONNX input cannot be an
     // output too.
     let probes: Vec<Value> = (1..graph.nodes.len())
@@ -243,7 +269,10 @@ pub fn calibrate(
             activations[i] = activations[input.0];
         }
     }
-    Ok(Qdq { activations })
+    Ok(Qdq {
+        activations,
+        float_convs: float_convs(graph, float_layers),
+    })
 }
 
 /// The QDQ-quantized ONNX model of the folded `graph` with `tensors`, calibrated on
@@ -254,9 +283,10 @@ pub fn quantize(
     tensors: &TensorMap,
     batches: impl IntoIterator<Item = Result<(Vec<f32>, usize)>>,
     method: RangeMethod,
+    float_layers: &[&str],
     progress: &dyn crate::progress::Progress,
 ) -> Result<Vec<u8>> {
-    let qdq = calibrate(graph, tensors, batches, method, progress)?;
+    let qdq = calibrate(graph, tensors, batches, method, float_layers, progress)?;
     super::onnx::export_with(
         graph,
         tensors,
@@ -316,5 +346,62 @@ mod tests {
         let mut pct = Range::EMPTY;
         pct.add(&values, RangeMethod::Percentile(99.9));
         assert!(pct.max < 1.0, "{pct:?}");
+    }
+
+    #[test]
+    fn the_float_layers_keep_their_convolutions_out_of_the_integer_graph() {
+        use crate::backbone::efficientnet_lite::{build, LiteConfig};
+        use crate::backbone::BackboneId;
+        use crate::weights::{formula::formula_tensor, TensorData};
+        // The folded graph, as quantized: batch norm inside the convolutions.
+        let unfolded = build(LiteConfig::LITE0);
+        let tensors: TensorMap = unfolded
+            .parameters()
+            .into_iter()
+            .map(|p| {
+                let data = formula_tensor(&p.key, &p.shape);
+                (
+                    p.key,
+                    TensorData {
+                        shape: p.shape,
+                        data,
+                    },
+                )
+            })
+            .collect();
+        let (graph, _) = super::super::fold::fold_for_inference(&unfolded, &tensors).unwrap();
+        let layers = BackboneId::EfficientNetLite0.spec().int8_float_layers;
+        let float = float_convs(&graph, layers);
+        let key = |i: usize| match &graph.nodes[i].op {
+            Op::Conv { key, .. } => Some(key.as_str()),
+            _ => None,
+        };
+        let floated: Vec<&str> = (0..graph.nodes.len())
+            .filter(|i| float[*i])
+            .filter_map(key)
+            .collect();
+        assert_eq!(
+            floated,
+            [
+                "_conv_stem",
+                "_blocks.0._depthwise_conv",
+                "_blocks.0._project_conv"
+            ]
+        );
+        // `_blocks.0.` does not reach `_blocks.10.`.
+        assert!((0..graph.nodes.len())
+            .filter_map(key)
+            .any(|k| k.starts_with("_blocks.10.")));
+        let quantized = quantized_values(&graph, layers);
+        let everything = quantized_values(&graph, &[]);
+        let node = |k: &str| (0..graph.nodes.len()).find(|i| key(*i) == Some(k)).unwrap();
+        // The stem reads the pixels and writes for a float convolution: neither is
+        // quantized any more; the first block's output feeds an integer convolution.
+        assert!(everything[0] && !quantized[0]);
+        let stem = node("_conv_stem");
+        assert!(everything[stem] && !quantized[stem]);
+        assert!(quantized[node("_blocks.0._project_conv")]);
+        assert!(quantized[node("_blocks.1._expand_conv")]);
+        assert!(quantized[node("_conv_head")]);
     }
 }

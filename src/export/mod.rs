@@ -130,6 +130,7 @@ pub fn classifier_onnx(
                 &tensors,
                 (calibration.batches)(),
                 crate::engine::quantize::RangeMethod::DEFAULT,
+                m.backbone.spec().int8_float_layers,
                 progress,
             );
             progress.finish();
