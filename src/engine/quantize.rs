@@ -9,7 +9,10 @@
 //! defaults: QDQ format, uint8 activations, int8 per-channel weights, int32 bias at input
 //! scale x weight scale, every range widened to include 0; and its `reduce_range` (7-bit
 //! weights), which CPUs without VNNI need (see [`super::onnx::INT8_WEIGHT_MAX`]), for all
-//! but the depthwise convolutions, whose kernels cannot saturate.
+//! but the depthwise convolutions, whose kernels cannot saturate. Beyond that tool: each
+//! convolution's bias is corrected for the mean shift its rounded weights cause, from the
+//! per-channel means of its input over the calibration images
+//! ([`super::onnx::correct_bias`]).
 //!
 //! What is quantized: the output of every convolution, addition, concatenation, pooling
 //! window and activation, and any value such an op reads (the network input when a
@@ -27,8 +30,8 @@ use crate::weights::TensorMap;
 
 /// Bumped when the quantization rules change, retiring every quantized model cached
 /// (2: 7-bit weights; 3: depthwise weights back to 8 bits; 4: the backbone's
-/// `int8_float_layers` stay float).
-pub const QUANTIZER_VERSION: &str = "graft-int8/4";
+/// `int8_float_layers` stay float; 5: bias correction).
+pub const QUANTIZER_VERSION: &str = "graft-int8/5";
 
 /// How a tensor's range is taken from the calibration batches.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -219,6 +222,28 @@ pub fn calibrate(
         _ => return Err(Error::Engine("the graph input is not an image".into())),
     };
     let mut ranges = vec![Range::EMPTY; graph.nodes.len()];
+    // Channel sums of every value an int8 convolution reads, for the bias correction.
+    let float = float_convs(graph, float_layers);
+    let mut conv_input = vec![false; graph.nodes.len()];
+    for (node, float) in graph.nodes.iter().zip(&float) {
+        if let Op::Conv { input, .. } = node.op {
+            conv_input[input.0] = quantized[input.0] && !float;
+        }
+    }
+    let mut sums: Vec<Option<Vec<f64>>> = conv_input
+        .iter()
+        .enumerate()
+        .map(|(v, c)| c.then(|| vec![0.0; graph.shape(Value(v)).channels()]))
+        .collect();
+    let mut add_sums = |v: usize, data: &[f32], n: usize| {
+        if let Some(sum) = sums[v].as_mut() {
+            let c = sum.len();
+            let plane = data.len() / (n * c).max(1);
+            for (k, chunk) in data.chunks(plane.max(1)).enumerate() {
+                sum[k % c] += chunk.iter().map(|x| f64::from(*x)).sum::<f64>();
+            }
+        }
+    };
     let mut images = 0usize;
     for batch in batches {
         let (pixels, n) = batch?;
@@ -234,6 +259,7 @@ pub fn calibrate(
         if quantized[0] {
             ranges[0].add(&pixels, method);
         }
+        add_sums(0, &pixels, n);
         let tensor = ort::value::Tensor::from_array(([n, c, h, w], pixels))
             .map_err(|e| failed(e.to_string()))?;
         let outputs = session
@@ -248,6 +274,7 @@ pub fn calibrate(
                 .try_extract_tensor::<f32>()
                 .map_err(|e| failed(e.to_string()))?;
             ranges[probe.0].add(data, method);
+            add_sums(probe.0, data, n);
         }
         images += n;
         progress.advance(n as u64);
@@ -269,9 +296,24 @@ pub fn calibrate(
             activations[i] = activations[input.0];
         }
     }
+    let input_means = sums
+        .into_iter()
+        .enumerate()
+        .map(|(v, sum)| {
+            sum.map(|sum| {
+                let plane = match graph.shape(Value(v)) {
+                    crate::backbone::graph::Shape::Map { height, width, .. } => height * width,
+                    _ => 1,
+                };
+                let count = (images * plane).max(1) as f64;
+                sum.iter().map(|s| (s / count) as f32).collect()
+            })
+        })
+        .collect();
     Ok(Qdq {
         activations,
-        float_convs: float_convs(graph, float_layers),
+        float_convs: float,
+        input_means,
     })
 }
 
@@ -403,5 +445,61 @@ mod tests {
         assert!(quantized[node("_blocks.0._project_conv")]);
         assert!(quantized[node("_blocks.1._expand_conv")]);
         assert!(quantized[node("_conv_head")]);
+    }
+
+    #[test]
+    fn corrected_biases_make_int8_convolutions_right_on_mean_inputs() {
+        use super::super::onnx::{correct_bias, int8_per_channel, int8_weight_max};
+        // Output of one output channel on an input that is `means` everywhere (no padding):
+        // sum over its kernel of weight x mean of the input channel, plus the bias.
+        let response = |w: &[f32], dims: &[usize], means: &[f32], bias: &[f32]| -> Vec<f32> {
+            let (out, per, taps) = (dims[0], dims[1], dims[2] * dims[3]);
+            let groups = means.len() / per;
+            (0..out)
+                .map(|o| {
+                    let first = (o / (out / groups)) * per;
+                    let mut y = bias[o];
+                    for i in 0..per {
+                        for t in 0..taps {
+                            y += w[(o * per + i) * taps + t] * means[first + i];
+                        }
+                    }
+                    y
+                })
+                .collect()
+        };
+        let cases: [(&[usize], &[f32]); 2] = [
+            // A dense 1x1 convolution, 3 -> 2 channels (7-bit weights) ...
+            (&[2, 3, 1, 1], &[0.5, 2.0, 3.0]),
+            // ... and a depthwise 3x1 one over 2 channels (8-bit).
+            (&[2, 1, 3, 1], &[1.5, 4.0]),
+        ];
+        for (dims, means) in cases {
+            let n: usize = dims.iter().product();
+            let weights: Vec<f32> = (0..n).map(|k| ((k as f32) * 0.37).sin() * 0.9).collect();
+            let bias = vec![0.25f32; dims[0]];
+            let (values, scales) = int8_per_channel(&weights, dims[0], int8_weight_max(dims));
+            let rounded: Vec<f32> = values
+                .iter()
+                .enumerate()
+                .map(|(k, v)| f32::from(*v) * scales[k / (n / dims[0])])
+                .collect();
+            let float = response(&weights, dims, means, &bias);
+            let plain = response(&rounded, dims, means, &bias);
+            let mut corrected_bias = bias.clone();
+            correct_bias(&mut corrected_bias, &weights, &values, &scales, dims, means);
+            let corrected = response(&rounded, dims, means, &corrected_bias);
+            let off = |a: &[f32]| {
+                a.iter()
+                    .zip(&float)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max)
+            };
+            assert!(off(&plain) > 1e-3, "{dims:?}: rounding shifted nothing");
+            assert!(
+                off(&corrected) < 1e-5,
+                "{dims:?}: {corrected:?} vs {float:?}"
+            );
+        }
     }
 }
