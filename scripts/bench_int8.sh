@@ -9,14 +9,15 @@
 #
 # Inception V3 runs the golden tests' deterministic formula weights (installed with
 # scripts/bench_extract.py install-inception; real weights cannot be fetched here): its
-# rate is real, its accuracy is not that of the real network, so ACCURACY defaults to Lite2.
+# rate is real, its accuracy is not that of the real network, so ACCURACY defaults to Lite2
+# (ACCURACY= , empty, measures rates only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 graft=${GRAFT:-target/release/graft}
 data=${DATA:-../shared/data/grocery-store/dataset}
 export GRAFT_HOME=${GRAFT_HOME:-$PWD/target/graft-home}
 read -r -a backbones <<<"${BACKBONES:-efficientnet-lite2 inception-v3}"
-read -r -a accuracy <<<"${ACCURACY:-efficientnet-lite2}"
+read -r -a accuracy <<<"${ACCURACY-efficientnet-lite2}"
 rounds=${ROUNDS:-2}
 images=${IMAGES:-200}
 calibration_images=${CALIBRATION_IMAGES:-200}

@@ -227,7 +227,9 @@ pub fn calibrate(
     let mut conv_input = vec![false; graph.nodes.len()];
     for (node, float) in graph.nodes.iter().zip(&float) {
         if let Op::Conv { input, .. } = node.op {
-            conv_input[input.0] = quantized[input.0] && !float;
+            // A value several convolutions read (Inception's branches) needs its means
+            // when any of them is an int8 one.
+            conv_input[input.0] |= quantized[input.0] && !float;
         }
     }
     let mut sums: Vec<Option<Vec<f64>>> = conv_input
