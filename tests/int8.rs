@@ -210,8 +210,10 @@ fn int8_features_are_close_to_fp32_and_cached_apart() {
         "lowest cosine int8 vs fp32 over {} photos: {worst:.5}",
         a.len()
     );
+    // Lowest cosine on these photos (2026-12-04): 0.98954 without bias correction,
+    // 0.99655 with it; the bound fails if the correction goes.
     assert!(
-        worst >= 0.98,
+        worst >= 0.993,
         "int8 features drift from fp32: cosine {worst}"
     );
     assert!(
