@@ -86,10 +86,15 @@ pub fn float_convs(graph: &Graph, float_layers: &[&str]) -> Vec<bool> {
 /// outputs of integer ops (convolutions in `float_layers` excepted) and everything an
 /// integer op reads.
 pub fn quantized_values(graph: &Graph, float_layers: &[&str]) -> Vec<bool> {
+    quantized_given(graph, &float_convs(graph, float_layers))
+}
+
+/// [`quantized_values`] with the float convolutions already marked per node.
+fn quantized_given(graph: &Graph, float: &[bool]) -> Vec<bool> {
     let integer: Vec<bool> = graph
         .nodes
         .iter()
-        .zip(float_convs(graph, float_layers))
+        .zip(float)
         .map(|(n, float)| integer_op(&n.op) && !float)
         .collect();
     let mut quantized = integer.clone();
@@ -101,6 +106,38 @@ pub fn quantized_values(graph: &Graph, float_layers: &[&str]) -> Vec<bool> {
         }
     }
     quantized
+}
+
+/// Running per-channel mean of one `[n, c, h, w]` tensor over the calibration batches.
+#[derive(Clone, Debug)]
+struct ChannelMeans {
+    sums: Vec<f64>,
+    /// Values added per channel.
+    count: usize,
+}
+
+impl ChannelMeans {
+    fn new(channels: usize) -> ChannelMeans {
+        ChannelMeans {
+            sums: vec![0.0; channels],
+            count: 0,
+        }
+    }
+
+    /// `values`: `n` images, channel planes in order.
+    fn add(&mut self, values: &[f32], n: usize) {
+        let c = self.sums.len();
+        let plane = (values.len() / (n * c).max(1)).max(1);
+        for (k, chunk) in values.chunks(plane).enumerate() {
+            self.sums[k % c] += chunk.iter().map(|x| f64::from(*x)).sum::<f64>();
+        }
+        self.count += n * plane;
+    }
+
+    fn means(&self) -> Vec<f32> {
+        let count = self.count.max(1) as f64;
+        self.sums.iter().map(|s| (s / count) as f32).collect()
+    }
 }
 
 /// Running range of one tensor over the calibration batches.
@@ -189,7 +226,8 @@ pub fn calibrate(
     float_layers: &[&str],
     progress: &dyn crate::progress::Progress,
 ) -> Result<Qdq> {
-    let quantized = quantized_values(graph, float_layers);
+    let float = float_convs(graph, float_layers);
+    let quantized = quantized_given(graph, &float);
     // The input's range is read from the pixels themselves; an ONNX input cannot be an
     // output too.
     let probes: Vec<Value> = (1..graph.nodes.len())
@@ -222,30 +260,17 @@ pub fn calibrate(
         _ => return Err(Error::Engine("the graph input is not an image".into())),
     };
     let mut ranges = vec![Range::EMPTY; graph.nodes.len()];
-    // Channel sums of every value an int8 convolution reads, for the bias correction.
-    let float = float_convs(graph, float_layers);
-    let mut conv_input = vec![false; graph.nodes.len()];
+    // Channel means of every value an int8 convolution reads, for the bias correction.
+    let mut means: Vec<Option<ChannelMeans>> = vec![None; graph.nodes.len()];
     for (node, float) in graph.nodes.iter().zip(&float) {
         if let Op::Conv { input, .. } = node.op {
             // A value several convolutions read (Inception's branches) needs its means
             // when any of them is an int8 one.
-            conv_input[input.0] |= quantized[input.0] && !float;
-        }
-    }
-    let mut sums: Vec<Option<Vec<f64>>> = conv_input
-        .iter()
-        .enumerate()
-        .map(|(v, c)| c.then(|| vec![0.0; graph.shape(Value(v)).channels()]))
-        .collect();
-    let mut add_sums = |v: usize, data: &[f32], n: usize| {
-        if let Some(sum) = sums[v].as_mut() {
-            let c = sum.len();
-            let plane = data.len() / (n * c).max(1);
-            for (k, chunk) in data.chunks(plane.max(1)).enumerate() {
-                sum[k % c] += chunk.iter().map(|x| f64::from(*x)).sum::<f64>();
+            if quantized[input.0] && !float {
+                means[input.0] = Some(ChannelMeans::new(graph.shape(input).channels()));
             }
         }
-    };
+    }
     let mut images = 0usize;
     for batch in batches {
         let (pixels, n) = batch?;
@@ -261,7 +286,9 @@ pub fn calibrate(
         if quantized[0] {
             ranges[0].add(&pixels, method);
         }
-        add_sums(0, &pixels, n);
+        if let Some(m) = means[0].as_mut() {
+            m.add(&pixels, n);
+        }
         let tensor = ort::value::Tensor::from_array(([n, c, h, w], pixels))
             .map_err(|e| failed(e.to_string()))?;
         let outputs = session
@@ -276,7 +303,9 @@ pub fn calibrate(
                 .try_extract_tensor::<f32>()
                 .map_err(|e| failed(e.to_string()))?;
             ranges[probe.0].add(data, method);
-            add_sums(probe.0, data, n);
+            if let Some(m) = means[probe.0].as_mut() {
+                m.add(data, n);
+            }
         }
         images += n;
         progress.advance(n as u64);
@@ -298,24 +327,13 @@ pub fn calibrate(
             activations[i] = activations[input.0];
         }
     }
-    let input_means = sums
-        .into_iter()
-        .enumerate()
-        .map(|(v, sum)| {
-            sum.map(|sum| {
-                let plane = match graph.shape(Value(v)) {
-                    crate::backbone::graph::Shape::Map { height, width, .. } => height * width,
-                    _ => 1,
-                };
-                let count = (images * plane).max(1) as f64;
-                sum.iter().map(|s| (s / count) as f32).collect()
-            })
-        })
-        .collect();
     Ok(Qdq {
         activations,
         float_convs: float,
-        input_means,
+        input_means: means
+            .iter()
+            .map(|m| m.as_ref().map(ChannelMeans::means))
+            .collect(),
     })
 }
 
