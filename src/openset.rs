@@ -290,6 +290,17 @@ pub fn open_set(
     options: &OpenSetOptions,
     progress: &dyn Progress,
 ) -> Result<OpenSetReport> {
+    if predictor.bundle.manifest.fine_tune.is_some() {
+        // The heads here train on the bundle's backbone features; a fine-tuned backbone
+        // was trained on every class, the held-out ones too, so its features would
+        // already know the products the experiment pretends are new.
+        return Err(Error::Invalid(
+            "--open-set-classes: the model's backbone was fine-tuned, on every class the \
+             experiment would hold out, so its features have seen them; run it on a model \
+             trained without --fine-tune on the same photos"
+                .into(),
+        ));
+    }
     let train_set = options.train.load()?;
     let classes = train_set.classes.len();
     if options.held_out == 0 || options.held_out + 2 > classes {

@@ -261,6 +261,24 @@ fn fine_tuned_bundle_predicts_and_evaluates_and_refuses_edited_tensors() {
         ],
     )
     .assert_code(0);
+    // The open-set experiment trains heads on the backbone's features: a fine-tuned
+    // backbone has seen the classes it would hold out, so it is refused.
+    graft(
+        dir,
+        &[
+            "evaluate",
+            s(&shared.model),
+            s(&samples()),
+            "--bottleneck-dir",
+            s(&dir.join("eval-cache")),
+            "--open-set-classes",
+            "1",
+            "--open-set-train",
+            s(&samples()),
+        ],
+    )
+    .assert_code(1)
+    .assert_stderr(&["--open-set-classes", "fine-tuned", "without --fine-tune"]);
 
     // A copy with one byte of the tuned tensors changed is refused, naming the file.
     let copy = dir.join("edited");
