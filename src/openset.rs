@@ -18,7 +18,7 @@ use crate::features::cache::FeatureCache;
 use crate::features::cached::cached_features;
 use crate::features::ExtractOptions;
 use crate::head::train::Originals;
-use crate::head::{train_head, Optimizer, SplitData, TrainConfig};
+use crate::head::{train_head, HeadWeights, Optimizer, SplitData, TrainConfig};
 use crate::predict::Predictor;
 use crate::progress::Progress;
 use crate::retrain::ImageSource;
@@ -244,6 +244,19 @@ pub struct OpenSetRun {
     pub known_coverage: f64,
     /// Share of the held-out photos answered `unknown` at the threshold.
     pub held_out_rejected: f64,
+    /// The same at the threshold `--unknown-below auto` picks from this run's known
+    /// classes alone ([`auto_threshold`]).
+    pub auto: AutoRates,
+}
+
+/// Rates at a run's automatic threshold, and how it was picked.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoRates {
+    pub threshold: f32,
+    pub known_answered_accuracy: f64,
+    pub known_coverage: f64,
+    pub held_out_rejected: f64,
+    pub draws: Vec<AutoDraw>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -278,6 +291,258 @@ fn dataset_features(
         .zip(cached.features)
         .filter_map(|(image, f)| Some((image.label, image.relative.clone(), f?)))
         .collect())
+}
+
+/// How the heads of these experiments are trained: the bundle's head flags and split.
+#[derive(Debug, Clone)]
+pub struct HeadRecipe {
+    pub config: TrainConfig,
+    pub validation_pct: f64,
+    pub testing_pct: f64,
+}
+
+impl HeadRecipe {
+    /// `rows` (label, path relative to the image folder, features) in their train,
+    /// validation and test splits, labels as given.
+    pub fn split(&self, rows: &[(usize, String, Vec<f32>)], dim: usize) -> [SplitData; 3] {
+        let mut splits: [SplitData; 3] = std::array::from_fn(|_| SplitData {
+            dim,
+            ..Default::default()
+        });
+        for (label, relative, f) in rows {
+            let slot = match which_split(relative, self.validation_pct, self.testing_pct) {
+                Split::Train => 0,
+                Split::Validation => 1,
+                Split::Test => 2,
+            };
+            splits[slot].push(f, *label);
+        }
+        splits
+    }
+}
+
+/// A head trained without some classes, its temperature fitted on the validation split
+/// of the classes it knows.
+pub struct HeldOutHead {
+    pub head: HeadWeights,
+    pub temperature: f32,
+    /// `known[c]`: class c's index in the head, `None` for a class left out.
+    pub known: Vec<Option<usize>>,
+    /// Classes the head knows.
+    pub classes: usize,
+    /// Its training rows (labels in the head's numbering).
+    pub train: SplitData,
+    pub train_images: usize,
+    /// Its validation rows (labels in the head's numbering).
+    pub validation: SplitData,
+}
+
+/// Trains a head on `splits` (labels `0..classes`) without the classes in `excluded`.
+pub fn train_without(
+    splits: &[SplitData; 3],
+    classes: usize,
+    excluded: &[usize],
+    recipe: &HeadRecipe,
+    seed: u64,
+) -> Result<HeldOutHead> {
+    // Known classes keep their order.
+    let mut known = vec![None; classes];
+    let mut next = 0;
+    for (c, slot) in known.iter_mut().enumerate() {
+        if !excluded.contains(&c) {
+            *slot = Some(next);
+            next += 1;
+        }
+    }
+    let keep = |data: &SplitData| {
+        let mut out = SplitData {
+            dim: data.dim,
+            ..Default::default()
+        };
+        for i in 0..data.len() {
+            if let Some(k) = known.get(data.labels[i]).copied().flatten() {
+                out.push(data.row(i), k);
+            }
+        }
+        out
+    };
+    let (train, validation) = (keep(&splits[0]), keep(&splits[1]));
+    let config = TrainConfig {
+        seed,
+        ..recipe.config.clone()
+    };
+    let head = train_head(
+        &config,
+        next,
+        &train,
+        &mut Originals,
+        &validation,
+        0,
+        |_, _| Ok(()),
+    )?
+    .head;
+    let logits: Vec<Vec<f32>> = (0..validation.len())
+        .map(|i| head.logits(validation.row(i)))
+        .collect();
+    let temperature = crate::head::calibrate::fit_temperature(&logits, &validation.labels);
+    Ok(HeldOutHead {
+        head,
+        temperature,
+        known,
+        classes: next,
+        train_images: train.len(),
+        train,
+        validation,
+    })
+}
+
+/// `--unknown-below` at training: a number, or `auto` ([`auto_threshold`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UnknownBelow {
+    At(f32),
+    Auto,
+}
+
+/// Simulated new products per draw of [`auto_threshold`]: an eighth of the classes, as
+/// 10 of the grocery photos' 81.
+pub const AUTO_HELD_OUT_SHARE: usize = 8;
+/// Draws of [`auto_threshold`]; the threshold is their median.
+pub const AUTO_DRAWS: u64 = 3;
+
+/// One draw of [`auto_threshold`].
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoDraw {
+    /// Classes that played the new products.
+    pub held_out: Vec<String>,
+    pub threshold: f32,
+    /// Youden's J at the threshold: share of known photos answered minus share of
+    /// new-product photos answered.
+    pub youden: f64,
+    /// AUROC of the calibrated max-softmax, known against new.
+    pub auroc: f64,
+}
+
+/// The threshold `--unknown-below auto` picks, and its draws.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoThreshold {
+    pub threshold: f32,
+    pub draws: Vec<AutoDraw>,
+}
+
+/// `--unknown-below auto`: a threshold chosen from the training images alone. Each of
+/// [`AUTO_DRAWS`] draws plays out new products among the classes of `pool`: an eighth of
+/// them is left out, a head trained on the rest of `pool` ([`train_without`]), and the
+/// calibrated max-softmax of the known classes' validation photos set against that of
+/// every photo of the left-out classes; the draw's threshold is the score that best
+/// separates the two (largest Youden's J: known answered minus new answered). The result
+/// is the median of the draws. The known photos here come from the training sessions
+/// and are easier than photos of other sessions will be, so at this threshold more known
+/// photos are refused in service than in the draws (docs/taxonomy.md).
+pub fn auto_threshold(
+    splits: &[SplitData; 3],
+    names: &[String],
+    pool: &[usize],
+    recipe: &HeadRecipe,
+    seed: u64,
+) -> Result<AutoThreshold> {
+    let classes = names.len();
+    let k = (pool.len() / AUTO_HELD_OUT_SHARE).max(1);
+    if pool.len() < k + 2 {
+        return Err(Error::Invalid(format!(
+            "--unknown-below auto plays out new products by leaving classes out of training, \
+             and needs at least 3 classes; there are {}: give a number P instead",
+            pool.len()
+        )));
+    }
+    let mut draws = Vec::new();
+    for d in 0..AUTO_DRAWS {
+        let mut order = pool.to_vec();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            seed.wrapping_mul(1000).wrapping_add(d + 1),
+        ));
+        let mut held = order[..k].to_vec();
+        held.sort_unstable();
+        let excluded: Vec<usize> = (0..classes)
+            .filter(|c| !pool.contains(c) || held.contains(c))
+            .collect();
+        let trained = train_without(splits, classes, &excluded, recipe, seed + d)?;
+        let score = |row: &[f32]| {
+            let probs =
+                crate::head::calibrate::softmax_at(&trained.head.logits(row), trained.temperature);
+            f64::from(probs.iter().copied().fold(0.0f32, f32::max))
+        };
+        let known: Vec<f64> = (0..trained.validation.len())
+            .map(|i| score(trained.validation.row(i)))
+            .collect();
+        let new: Vec<f64> = splits
+            .iter()
+            .flat_map(|s| {
+                (0..s.len())
+                    .filter(|&i| held.contains(&s.labels[i]))
+                    .map(move |i| s.row(i))
+            })
+            .map(score)
+            .collect();
+        if known.is_empty() || new.is_empty() {
+            continue;
+        }
+        let (threshold, youden) = youden_threshold(&known, &new);
+        draws.push(AutoDraw {
+            held_out: held.iter().map(|&c| names[c].clone()).collect(),
+            threshold,
+            youden,
+            auroc: auroc(&known, &new),
+        });
+    }
+    if draws.is_empty() {
+        return Err(Error::Invalid(
+            "--unknown-below auto: no class has validation images to measure known photos \
+             by; raise --validation-percentage or give a number P"
+                .into(),
+        ));
+    }
+    let mut thresholds: Vec<f32> = draws.iter().map(|d| d.threshold).collect();
+    thresholds.sort_by(f32::total_cmp);
+    Ok(AutoThreshold {
+        threshold: thresholds[thresholds.len() / 2],
+        draws,
+    })
+}
+
+/// The threshold P (a photo is answered when its score is at least P) that maximises the
+/// share of `known` answered minus the share of `new` answered, with that difference;
+/// among equal differences the lowest P (the most answered). Kept inside (0, 1), where
+/// `--unknown-below` lives.
+pub fn youden_threshold(known: &[f64], new: &[f64]) -> (f32, f64) {
+    let mut all: Vec<(f64, bool)> = known
+        .iter()
+        .map(|&s| (s, true))
+        .chain(new.iter().map(|&s| (s, false)))
+        .collect();
+    // Highest first: lowering P past a group of equal scores answers all of them.
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (nk, nn) = (known.len().max(1) as f64, new.len().max(1) as f64);
+    let (mut answered_known, mut answered_new) = (0usize, 0usize);
+    let mut best = (1.0f64, 0.0f64);
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j < all.len() && all[j].0 == all[i].0 {
+            if all[j].1 {
+                answered_known += 1;
+            } else {
+                answered_new += 1;
+            }
+            j += 1;
+        }
+        let youden = answered_known as f64 / nk - answered_new as f64 / nn;
+        if youden >= best.1 {
+            best = (all[i].0, youden);
+        }
+        i = j;
+    }
+    let p = (best.0 as f32).clamp(f32::MIN_POSITIVE, 1.0 - f32::EPSILON);
+    (p, best.1)
 }
 
 /// Trains one head per seed on the training images of the classes not held out (the
@@ -338,65 +603,35 @@ pub fn open_set(
         number("validation_percentage", 10.0),
         number("testing_percentage", 10.0),
     );
+    let recipe = HeadRecipe {
+        config,
+        validation_pct,
+        testing_pct,
+    };
     let train_rows = dataset_features(predictor, &train_set, options, progress)?;
     let eval_rows = dataset_features(predictor, &eval_set, options, progress)?;
     let dim = predictor.bundle.manifest.feature_dim;
+    let splits = recipe.split(&train_rows, dim);
     let mut runs = Vec::new();
     for seed in 0..options.seeds {
         let mut order: Vec<usize> = (0..classes).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         let mut held: Vec<usize> = order[..options.held_out].to_vec();
         held.sort_unstable();
-        // Known classes keep their order; `known[c]` is class c's index in the new head.
-        let mut known = vec![None; classes];
-        let mut next = 0;
-        for (c, slot) in known.iter_mut().enumerate() {
-            if held.binary_search(&c).is_err() {
-                *slot = Some(next);
-                next += 1;
-            }
-        }
-        let mut train = SplitData {
-            dim,
-            ..Default::default()
-        };
-        let mut validation = SplitData {
-            dim,
-            ..Default::default()
-        };
-        for (label, relative, f) in &train_rows {
-            let Some(k) = known[*label] else { continue };
-            match which_split(relative, validation_pct, testing_pct) {
-                Split::Train => train.push(f, k),
-                Split::Validation => validation.push(f, k),
-                Split::Test => {}
-            }
-        }
+        let trained = train_without(&splits, classes, &held, &recipe, seed)?;
         progress.message(&format!(
-            "open set, seed {seed}: training on {} images of {next} classes ({} held out)",
-            train.len(),
+            "open set, seed {seed}: trained on {} images of {} classes ({} held out)",
+            trained.train_images,
+            trained.classes,
             held.len()
         ));
-        let config = TrainConfig {
-            seed,
-            ..config.clone()
-        };
-        let head = train_head(
-            &config,
-            next,
-            &train,
-            &mut Originals,
-            &validation,
-            0,
-            |_, _| Ok(()),
-        )?
-        .head;
-        let logits: Vec<Vec<f32>> = (0..validation.len())
-            .map(|i| head.logits(validation.row(i)))
+        let (head, temperature, known) = (&trained.head, trained.temperature, &trained.known);
+        let pool: Vec<usize> = (0..classes).filter(|c| known[*c].is_some()).collect();
+        let auto = auto_threshold(&splits, &train_set.classes, &pool, &recipe, seed)?;
+        let train_refs: Vec<&[f32]> = (0..trained.train.len())
+            .map(|i| trained.train.row(i))
             .collect();
-        let temperature = crate::head::calibrate::fit_temperature(&logits, &validation.labels);
-        let train_refs: Vec<&[f32]> = (0..train.len()).map(|i| train.row(i)).collect();
-        let means = class_means(&train_refs, &train.labels, next);
+        let means = class_means(&train_refs, &trained.train.labels, trained.classes);
 
         let by_name = |name: &str| train_set.classes.iter().position(|c| c == name);
         let (mut known_photo_scores, mut unknown_scores) = (Vec::new(), Vec::new());
@@ -427,11 +662,15 @@ pub fn open_set(
             )
         };
         let at = at_threshold(&known_conf, &known_right, options.unknown_below);
+        let at_auto = at_threshold(&known_conf, &known_right, auto.threshold);
         let everything = at_threshold(&known_conf, &known_right, 0.0);
-        let rejected = unknown_scores
-            .iter()
-            .filter(|s| (s.max_softmax as f32) < options.unknown_below)
-            .count();
+        let rejected_below = |p: f32| {
+            let n = unknown_scores
+                .iter()
+                .filter(|s| (s.max_softmax as f32) < p)
+                .count();
+            ratio(n, unknown_scores.len(), 0.0)
+        };
         runs.push(OpenSetRun {
             seed,
             held_out: held.iter().map(|&c| train_set.classes[c].clone()).collect(),
@@ -446,7 +685,14 @@ pub fn open_set(
             known_accuracy: everything.answered_accuracy,
             known_answered_accuracy: at.answered_accuracy,
             known_coverage: at.coverage,
-            held_out_rejected: ratio(rejected, unknown_scores.len(), 0.0),
+            held_out_rejected: rejected_below(options.unknown_below),
+            auto: AutoRates {
+                threshold: auto.threshold,
+                known_answered_accuracy: at_auto.answered_accuracy,
+                known_coverage: at_auto.coverage,
+                held_out_rejected: rejected_below(auto.threshold),
+                draws: auto.draws,
+            },
         });
     }
     let n = runs.len().max(1) as f64;
@@ -514,6 +760,91 @@ mod tests {
         // Pairs: (0.9 > 0.3), (0.9 > 0.6), (0.4 > 0.3), (0.4 < 0.6): 3 of 4.
         assert_eq!(auroc(&[0.9, 0.4], &[0.3, 0.6]), 0.75);
         assert_eq!(auroc(&[], &[0.3]), 0.5);
+    }
+
+    #[test]
+    fn youden_threshold_of_hand_made_scores() {
+        // Answering from 0.7 down takes both known above the new ones: J = 1 - 0.
+        let (p, j) = youden_threshold(&[0.9, 0.7], &[0.5, 0.4]);
+        assert_eq!((p, j), (0.7, 1.0));
+        // Overlap: at 0.6 two of three known answered and none new (J 2/3); at 0.3 all
+        // known and one new (J 1 - 1/2): 0.6 wins.
+        let (p, j) = youden_threshold(&[0.9, 0.6, 0.3], &[0.5, 0.2]);
+        assert_eq!(p, 0.6);
+        assert!((j - 2.0 / 3.0).abs() < 1e-12);
+        // Equal J: the lower threshold (more answered). At 0.8: 1/2 - 0; at 0.4: 1 - 1/2.
+        assert_eq!(youden_threshold(&[0.8, 0.4], &[0.6, 0.1]).0, 0.4);
+        // A top score of 1 stays a threshold --unknown-below accepts.
+        let (p, _) = youden_threshold(&[1.0, 1.0], &[0.2]);
+        assert!(p < 1.0 && p > 0.99);
+    }
+
+    /// Photos of class c lie near 3 * e_c in an 8-dimensional space: a class left out
+    /// points where no known class does, so every known logit is about equal.
+    fn clustered(classes: usize, per_class: usize) -> [SplitData; 3] {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut splits: [SplitData; 3] = std::array::from_fn(|_| SplitData {
+            dim: classes,
+            ..Default::default()
+        });
+        for c in 0..classes {
+            for i in 0..per_class {
+                let row: Vec<f32> = (0..classes)
+                    .map(|d| {
+                        let noise = rand::Rng::gen_range(&mut rng, -0.3f32..0.3);
+                        if d == c {
+                            3.0 + noise
+                        } else {
+                            noise
+                        }
+                    })
+                    .collect();
+                splits[i % 3].push(&row, c);
+            }
+        }
+        splits
+    }
+
+    #[test]
+    fn auto_threshold_sits_between_known_and_new_products() {
+        let splits = clustered(8, 30);
+        let recipe = HeadRecipe {
+            config: TrainConfig {
+                steps: 300,
+                learning_rate: 0.05,
+                train_batch_size: 32,
+                eval_step_interval: 300,
+                validation_batch_size: -1,
+                optimizer: Optimizer::Adam,
+                weight_decay: 0.0,
+                seed: 0,
+            },
+            validation_pct: 10.0,
+            testing_pct: 10.0,
+        };
+        let names: Vec<String> = (0..8).map(|c| format!("c{c}")).collect();
+        let pool: Vec<usize> = (0..8).collect();
+        let auto = auto_threshold(&splits, &names, &pool, &recipe, 0).unwrap();
+        assert_eq!(auto.draws.len(), AUTO_DRAWS as usize);
+        for d in &auto.draws {
+            // An eighth of 8 classes: one left out per draw; well separated.
+            assert_eq!(d.held_out.len(), 1, "{d:?}");
+            assert!(d.youden > 0.9 && d.auroc > 0.95, "{d:?}");
+            assert!(d.threshold > 1.0 / 7.0 && d.threshold < 1.0, "{d:?}");
+        }
+        let mut t: Vec<f32> = auto.draws.iter().map(|d| d.threshold).collect();
+        t.sort_by(f32::total_cmp);
+        assert_eq!(auto.threshold, t[1], "the median of the draws");
+        // Classes outside the pool are never trained on nor played as new.
+        let pool: Vec<usize> = (0..5).collect();
+        let auto = auto_threshold(&splits, &names, &pool, &recipe, 1).unwrap();
+        let outside = ["c5", "c6", "c7"];
+        assert!(auto
+            .draws
+            .iter()
+            .all(|d| d.held_out.iter().all(|c| !outside.contains(&c.as_str()))));
+        let err = auto_threshold(&splits, &names, &[0, 1], &recipe, 0).unwrap_err();
+        assert!(err.to_string().contains("at least 3 classes"), "{err}");
     }
 
     #[test]

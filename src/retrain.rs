@@ -76,8 +76,9 @@ pub struct RetrainOptions {
     pub distortion_mode: DistortionMode,
     /// Distorted variants per training image in [`DistortionMode::Cached`].
     pub distorted_variants: usize,
-    /// The `--unknown-below` the bundle answers with when none is given.
-    pub unknown_below: Option<f32>,
+    /// The `--unknown-below` the bundle answers with when none is given: a number, or
+    /// `auto`, chosen after the features are in ([`crate::openset::auto_threshold`]).
+    pub unknown_below: Option<crate::openset::UnknownBelow>,
     /// Fine-tune the top of the backbone after the head (`--fine-tune`).
     pub fine_tune: Option<FineTuneOptions>,
 }
@@ -453,6 +454,42 @@ fn train_on(
             )));
         }
     }
+    // What `--unknown-below auto` measured, for the manifest.
+    let mut unknown_below_draws = None;
+    let unknown_below = match options.unknown_below {
+        None => None,
+        Some(crate::openset::UnknownBelow::At(p)) => Some(p),
+        Some(crate::openset::UnknownBelow::Auto) => {
+            progress.message(
+                "--unknown-below auto: playing out new products (heads trained with classes \
+                 left out)",
+            );
+            let recipe = crate::openset::HeadRecipe {
+                config: options.train.clone(),
+                validation_pct: options.validation_percentage,
+                testing_pct: options.testing_percentage,
+            };
+            let pool: Vec<usize> = (0..dataset.classes.len()).collect();
+            let auto = crate::openset::auto_threshold(
+                &splits,
+                &dataset.classes,
+                &pool,
+                &recipe,
+                options.train.seed,
+            )?;
+            progress.message(&format!(
+                "--unknown-below auto: {:.4} (draws: {})",
+                auto.threshold,
+                auto.draws
+                    .iter()
+                    .map(|d| format!("{:.4}, AUROC {:.3}", d.threshold, d.auroc))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+            unknown_below_draws = serde_json::to_value(&auto.draws).ok();
+            Some(auto.threshold)
+        }
+    };
     let [train, validation, test] = splits;
     let split_sizes = SplitSizes {
         train: train.len(),
@@ -503,12 +540,13 @@ fn train_on(
                 .map_or(crate::engine::Precision::Fp32, |i| i.backbone.precision())
                 .name(),
             "image_dir": std::fs::canonicalize(&dataset.root).unwrap_or_else(|_| dataset.root.clone()),
+            "unknown_below_auto": unknown_below_draws,
         }),
         split_sizes: split_sizes.clone(),
         metrics: head_metrics,
         class_paths: Some(dataset.class_paths.clone()),
         temperature,
-        unknown_below: options.unknown_below,
+        unknown_below,
         fine_tune: None,
     };
 

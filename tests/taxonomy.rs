@@ -464,6 +464,116 @@ fn a_labels_csv_that_puts_a_class_at_two_paths_names_both_lines() {
 }
 
 #[test]
+fn train_picks_unknown_below_auto_from_the_training_photos_and_stores_it() {
+    let f = shared();
+    let dir = f.dir.path();
+    let model = dir.join("model-auto");
+    let _turn = cache_turn();
+    let run = graft(
+        dir,
+        &[
+            "train",
+            s(&f.data),
+            "--backbone",
+            BACKBONE,
+            "--bottleneck-dir",
+            s(&f.bottlenecks),
+            "-o",
+            s(&model),
+            "--how-many-training-steps",
+            "60",
+            "--validation-percentage",
+            "25",
+            "--testing-percentage",
+            "25",
+            "--unknown-below",
+            "auto",
+        ],
+    )
+    .ok();
+    let manifest = read_json(&model.join("manifest.json"));
+    let p = manifest["unknown_below"].as_f64().unwrap();
+    let draws = manifest["training"]["unknown_below_auto"]
+        .as_array()
+        .unwrap();
+    let mut thresholds: Vec<f64> = draws
+        .iter()
+        .map(|d| d["threshold"].as_f64().unwrap())
+        .collect();
+    thresholds.sort_by(f64::total_cmp);
+    assert_eq!(thresholds.len(), 3, "{manifest}");
+    assert_eq!(
+        p as f32, thresholds[1] as f32,
+        "the stored P is the median draw"
+    );
+    assert!(p > 0.0 && p < 1.0);
+    assert!(
+        run.both().contains("--unknown-below auto: "),
+        "{}",
+        run.both()
+    );
+    // Every consumer answers with it by default.
+    let eval = graft(
+        dir,
+        &[
+            "evaluate",
+            s(&model),
+            s(&f.data),
+            "--bottleneck-dir",
+            s(&f.bottlenecks),
+            "--output-dir",
+            s(&dir.join("eval-auto")),
+        ],
+    )
+    .ok();
+    assert!(
+        eval.stdout.contains(&format!("unknown below {}", p as f32)),
+        "{}",
+        eval.both()
+    );
+
+    // Two classes cannot play out a new product and keep two known.
+    let two = dir.join("two");
+    for class in &TREE[..2] {
+        let to = two.join(class);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(f.data.join(class)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+    graft(
+        dir,
+        &[
+            "train",
+            s(&two),
+            "--backbone",
+            BACKBONE,
+            "--bottleneck-dir",
+            s(&f.bottlenecks),
+            "-o",
+            s(&dir.join("model-two")),
+            "--how-many-training-steps",
+            "20",
+            "--unknown-below",
+            "auto",
+        ],
+    )
+    .fails(
+        1,
+        &[
+            "--unknown-below auto",
+            "at least 3 classes",
+            "give a number P",
+        ],
+    );
+    assert!(
+        !dir.join("model-two").exists(),
+        "nothing written on refusal"
+    );
+}
+
+#[test]
 fn open_set_holds_classes_out_and_scores_their_rejection() {
     let f = shared();
     let out = f.dir.path().join("eval-open");
@@ -498,7 +608,25 @@ fn open_set_holds_classes_out_and_scores_their_rejection() {
             let auc = r["auroc"][score].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&auc), "{r}");
         }
+        // The automatic threshold comes from the run's three known classes alone: each
+        // of its draws leaves one of them out, never the class the run held out.
+        let auto = &r["auto"];
+        let p = auto["threshold"].as_f64().unwrap();
+        assert!(p > 0.0 && p < 1.0, "{auto}");
+        let held = &r["held_out"][0];
+        let draws = auto["draws"].as_array().unwrap();
+        assert_eq!(draws.len(), 3, "{auto}");
+        for d in draws {
+            let left_out = d["held_out"].as_array().unwrap();
+            assert_eq!(left_out.len(), 1, "{auto}");
+            assert_ne!(&left_out[0], held, "{r}");
+        }
     }
+    assert!(
+        run.stdout.contains("--unknown-below auto picks"),
+        "{}",
+        run.both()
+    );
     // Four classes: at most two can be held out, two must stay known.
     let mut args = base.to_vec();
     args.extend(["--open-set-classes", "3"]);

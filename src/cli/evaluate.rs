@@ -122,6 +122,25 @@ fn run_open_set(args: &Args, k: usize) -> anyhow::Result<Outcome> {
                     r.held_out_rejected * 100.0
                 );
             }
+            println!("at the threshold --unknown-below auto picks from each run's known classes:");
+            println!(
+                "  {:>4}  {:>9}  {:>8}  {:>9}  {:>9}",
+                "seed", "P (auto)", "known", "known", "held-out"
+            );
+            println!(
+                "  {:>4}  {:>9}  {:>8}  {:>9}  {:>9}",
+                "", "", "answered", "acc. ans.", "rejected"
+            );
+            for r in &report.runs {
+                println!(
+                    "  {:>4}  {:>9.4}  {:>7.2}%  {:>8.2}%  {:>8.2}%",
+                    r.seed,
+                    r.auto.threshold,
+                    r.auto.known_coverage * 100.0,
+                    r.auto.known_answered_accuracy * 100.0,
+                    r.auto.held_out_rejected * 100.0
+                );
+            }
             let m = &report.mean_auroc;
             println!(
                 "mean AUROC: max-softmax {:.4}, energy {:.4}, distance to class means {:.4}; best: {}",

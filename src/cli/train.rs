@@ -120,9 +120,13 @@ pub struct Args {
     #[arg(long, default_value_t = 16, value_name = "K")]
     distorted_variants: usize,
     /// Store a default for predict / evaluate / serve: answer `unknown` when the
-    /// calibrated top score is below P (between 0 and 1; default: always answer).
-    #[arg(long, value_name = "P", value_parser = values::probability_open, allow_hyphen_values = true)]
-    unknown_below: Option<f32>,
+    /// calibrated top score is below P (between 0 and 1; default: always answer). `auto`
+    /// picks P from the training photos: heads trained with an eighth of the classes
+    /// left out, P where their photos and the known validation photos separate best
+    /// (docs/taxonomy.md; on the grocery photos it refuses most photos of unseen
+    /// products, and a third to half of the known ones from other shopping sessions).
+    #[arg(long, value_name = "P|auto", value_parser = values::unknown_below, allow_hyphen_values = true)]
+    unknown_below: Option<graft::openset::UnknownBelow>,
     /// Fine-tune the top N blocks of the backbone together with a new head (the frozen
     /// head trains first only for --fine-tune-warm-start). For the EfficientNet-Lite
     /// backbones N counts MBConv blocks from the end, and the 1x1 head convolution always

@@ -44,6 +44,16 @@ pub fn probability_open(text: &str) -> Result<f32, String> {
     Ok(v as f32)
 }
 
+/// `graft train --unknown-below`: a threshold as [`probability_open`], or `auto`.
+pub fn unknown_below(text: &str) -> Result<graft::openset::UnknownBelow, String> {
+    if text.trim().eq_ignore_ascii_case("auto") {
+        return Ok(graft::openset::UnknownBelow::Auto);
+    }
+    probability_open(text)
+        .map(graft::openset::UnknownBelow::At)
+        .map_err(|e| format!("{e}, or auto"))
+}
+
 /// A fraction: 0 to 1.
 pub fn fraction(text: &str) -> Result<f64, String> {
     bounded_f64(text, 0.0, false, 1.0)
