@@ -85,24 +85,20 @@ const STAGES: [Stage; 7] = [
 pub struct LiteConfig {
     pub width: f64,
     pub depth: f64,
-    pub image_size: usize,
 }
 
 impl LiteConfig {
     pub const LITE0: LiteConfig = LiteConfig {
         width: 1.0,
         depth: 1.0,
-        image_size: 224,
     };
     pub const LITE1: LiteConfig = LiteConfig {
         width: 1.0,
         depth: 1.1,
-        image_size: 240,
     };
     pub const LITE2: LiteConfig = LiteConfig {
         width: 1.1,
         depth: 1.2,
-        image_size: 260,
     };
 }
 
@@ -149,8 +145,7 @@ fn conv_bn_relu6(
 }
 
 /// Builds the network for `[batch, 3, size, size]` inputs normalised as `(p - 127) / 128`.
-pub fn build(config: LiteConfig) -> Graph {
-    let size = config.image_size;
+pub fn build(config: LiteConfig, size: usize) -> Graph {
     let (mut g, pixels) = GraphBuilder::new(3, size, size);
     let mut x = conv_bn_relu6(
         &mut g,
@@ -259,7 +254,7 @@ mod tests {
 
     #[test]
     fn lite0_has_the_published_layout() {
-        let graph = build(LiteConfig::LITE0);
+        let graph = build(LiteConfig::LITE0, 224);
         let params = graph.parameters();
         // 16 blocks for Lite0; the last block is `_blocks.15`.
         assert!(params

@@ -5,7 +5,6 @@
 
 use super::graph::{Activation, Graph, GraphBuilder, Padding, Value};
 
-pub const IMAGE_SIZE: usize = 299;
 const BN_EPS: f32 = 1e-3;
 
 /// torchvision's `BasicConv2d`: conv (no bias) -> batch norm (eps 1e-3) -> ReLU.
@@ -139,9 +138,10 @@ fn transform_input(g: &mut GraphBuilder, x: Value) -> Value {
     g.channel_affine(x, scale, shift)
 }
 
-/// Builds the network for `[batch, 3, 299, 299]` inputs with ImageNet mean/std normalisation.
-pub fn build() -> Graph {
-    let (mut builder, pixels) = GraphBuilder::new(3, IMAGE_SIZE, IMAGE_SIZE);
+/// Builds the network for `[batch, 3, size, size]` inputs (299 natively) with ImageNet
+/// mean/std normalisation.
+pub fn build(size: usize) -> Graph {
+    let (mut builder, pixels) = GraphBuilder::new(3, size, size);
     let g = &mut builder;
     let x = transform_input(g, pixels);
     let x = basic(g, x, "Conv2d_1a_3x3", 32, k(3), 2, [0, 0]);
@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn shapes_follow_torchvision() {
-        let graph = build();
+        let graph = build(299);
         assert_eq!(graph.shape(graph.features), &Shape::Flat { len: 2048 });
         // Mixed_7c's input is 8x8x2048 for a 299 input.
         let last_map = graph

@@ -416,7 +416,7 @@ mod tests {
         use crate::backbone::BackboneId;
         use crate::weights::{formula::formula_tensor, TensorData};
         // The folded graph, as quantized: batch norm inside the convolutions.
-        let unfolded = build(LiteConfig::LITE0);
+        let unfolded = build(LiteConfig::LITE0, 224);
         let tensors: TensorMap = unfolded
             .parameters()
             .into_iter()
