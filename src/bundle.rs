@@ -524,7 +524,7 @@ impl Bundle {
         let weights = self.backbone_weights(progress)?;
         Backbone::from_graph(
             self.manifest.backbone,
-            &crate::backbone::graph(self.manifest.backbone),
+            &crate::backbone::graph_at(self.manifest.backbone, self.manifest.preprocess.size),
             &weights.tensors,
             (weights.base_sha256, weights.cache_variant),
             &weights.origin,
@@ -617,11 +617,16 @@ impl Bundle {
                 spec.feature_dim.to_string(),
             ));
         }
-        if m.preprocess != spec.preprocess {
+        // At the recorded input size (`--image-size`); a size it cannot run at is
+        // compared with the native preprocessing, and differs.
+        let expected = spec
+            .preprocess_at(m.preprocess.size)
+            .unwrap_or(spec.preprocess);
+        if m.preprocess != expected {
             return Err(differs(
                 "preprocessing",
                 format!("{:?}", m.preprocess),
-                format!("{:?}", spec.preprocess),
+                format!("{expected:?}"),
             ));
         }
         Ok(())
@@ -659,12 +664,11 @@ impl Bundle {
                 m.backbone, m.weights_sha256, backbone.weights_sha256, m.backbone
             )));
         }
-        if m.preprocess != backbone.spec().preprocess {
+        if m.preprocess != backbone.preprocess {
             return Err(Error::Invalid(format!(
-                "this model was trained with preprocessing {:?}, but this graft uses {:?} for {}; retrain",
-                m.preprocess,
-                backbone.spec().preprocess,
-                m.backbone
+                "this model was trained with preprocessing {:?}, but this graft runs {} at \
+                 {} pixels with {:?}; retrain the model with this graft",
+                m.preprocess, m.backbone, m.preprocess.size, backbone.preprocess
             )));
         }
         Ok(())

@@ -126,6 +126,7 @@ impl Predictor {
                 let weights = crate::weights::ensure(bundle.manifest.backbone, progress)?;
                 load_backbone(
                     bundle.manifest.backbone,
+                    bundle.manifest.preprocess.size,
                     &weights,
                     options,
                     trained_on.as_deref(),

@@ -56,6 +56,8 @@ impl ImageSource {
 pub struct RetrainOptions {
     pub source: ImageSource,
     pub backbone: BackboneId,
+    /// Input size the backbone runs at (`--image-size`); `None`: its native size.
+    pub image_size: Option<u32>,
     pub bottleneck_dir: PathBuf,
     pub validation_percentage: f64,
     pub testing_percentage: f64,
@@ -161,6 +163,9 @@ pub fn retrain(
 ) -> Result<RetrainOutcome> {
     let run_started = std::time::Instant::now();
     options.distortions.check()?;
+    let native = options.backbone.spec().preprocess.size;
+    let size = options.image_size.unwrap_or(native);
+    options.backbone.spec().preprocess_at(size)?;
     let dataset = options.source.load()?;
     dataset.require_trainable()?;
     check_outputs(options, &dataset.root)?;
@@ -198,13 +203,14 @@ pub fn retrain(
                 )));
             }
             ft.augment.check()?;
-            Some(Cut::new(options.backbone, ft.train.blocks)?)
+            Some(Cut::new(options.backbone, size, ft.train.blocks)?)
         }
         None => None,
     };
     let weights = crate::weights::ensure(options.backbone, progress)?;
     let backbone = crate::features::calibration::load_backbone(
         options.backbone,
+        size,
         &weights,
         &options.backbone_run,
         Some(&dataset.root),
@@ -228,6 +234,7 @@ pub fn retrain(
         dataset,
         features: cached.features,
         backbone: backbone.id,
+        preprocess: backbone.preprocess,
         weights_sha256: backbone.weights_sha256.clone(),
         images: Some(ImageInputs {
             backbone: &backbone,
@@ -272,6 +279,12 @@ pub fn retrain_from_features(
              --precision"
                 .into(),
         ));
+    }
+    if let Some(size) = options.image_size {
+        return Err(Error::Invalid(format!(
+            "--image-size {size} sets the size images are run at, but --features trains on \
+             features already extracted (at the backbone's native size): leave out --image-size"
+        )));
     }
     let parts = crate::features::parquet::read_parts(&source.parts)?;
     if let Some(asked) = source.backbone {
@@ -339,6 +352,7 @@ pub fn retrain_from_features(
         dataset,
         features,
         backbone: parts.backbone,
+        preprocess: parts.backbone.spec().preprocess,
         weights_sha256: parts.weights_sha256,
         images: None,
         skipped,
@@ -356,6 +370,8 @@ struct TrainInputs<'a> {
     /// One entry per dataset image: `None` where it was skipped.
     features: Vec<Option<Vec<f32>>>,
     backbone: BackboneId,
+    /// How the images became the backbone's input (its size is `--image-size`'s).
+    preprocess: crate::backbone::Preprocess,
     weights_sha256: String,
     /// The images themselves, for distortions; `None` when training from precomputed
     /// features.
@@ -389,6 +405,7 @@ fn train_on(
         dataset,
         features: image_features,
         backbone,
+        preprocess,
         weights_sha256,
         images,
         skipped: feature_skipped,
@@ -511,7 +528,7 @@ fn train_on(
         graft_version: env!("CARGO_PKG_VERSION").to_string(),
         backbone,
         weights_sha256: weights_sha256.clone(),
-        preprocess: backbone.spec().preprocess,
+        preprocess,
         feature_dim: dim,
         labels: dataset.classes.clone(),
         training: serde_json::json!({
@@ -887,7 +904,7 @@ impl FineTuneStage<'_> {
             crate::engine::EngineChoice::Auto,
             progress,
         )?;
-        let size = self.backbone.spec().preprocess.size;
+        let size = self.backbone.preprocess.size;
         let mut requests = Vec::new();
         // (0 train / 1 validation, row) of each request.
         let mut owners = Vec::new();
@@ -1198,7 +1215,7 @@ fn cached_variants(
                 .into(),
         ));
     }
-    let size = backbone.spec().preprocess.size;
+    let size = backbone.preprocess.size;
     let mut requests = Vec::with_capacity(train_images.len() * k_max);
     // The train row of each request.
     let mut rows = Vec::with_capacity(train_images.len() * k_max);
@@ -1268,7 +1285,7 @@ impl TrainFeatures for OnlineDistortions<'_> {
         batch: &[usize],
         _rng: &mut ChaCha8Rng,
     ) -> Result<Vec<f32>> {
-        let size = self.backbone.spec().preprocess.size;
+        let size = self.backbone.preprocess.size;
         let jobs: Vec<Job> = batch
             .iter()
             .map(|&image| Job {

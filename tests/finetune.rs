@@ -243,6 +243,65 @@ fn fine_tuned_bundle_records_what_changed_and_runs_the_same_on_both_engines() {
 }
 
 #[test]
+fn fine_tuning_at_another_image_size_runs_there_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let cache = dir.path().join("bottlenecks");
+    let data = samples();
+    let mut args = train_args(&data, &cache, &model);
+    args.extend_from_slice(&["--image-size", "192"]);
+    graft(dir.path(), &args).assert_code(0);
+    let bundle = Bundle::load(&model).unwrap();
+    let pre = bundle.manifest.preprocess;
+    assert_eq!(pre.size, 192);
+    // Lite's crop rule scaled with the size: 192 of 224.
+    assert!((pre.crop_fraction - 192.0 / 224.0).abs() < 1e-9, "{pre:?}");
+
+    // The fine-tuned network at 192 x 192 on both engines.
+    std::env::set_var("GRAFT_HOME", home());
+    let progress = graft::progress::Silent;
+    let burn = bundle.backbone(EngineChoice::Burn, &progress).unwrap();
+    let ort = bundle
+        .backbone(EngineChoice::Onnxruntime, &progress)
+        .expect("onnxruntime must load: run `graft models fetch` once or set ORT_DYLIB_PATH");
+    assert_eq!(burn.preprocess.size, 192);
+    let n = 3 * 192 * 192;
+    let pixels: Vec<f32> = (0..2 * n)
+        .map(|i| ((i * 7919 % 255) as f32 - 127.0) / 128.0)
+        .collect();
+    let a = burn.run(pixels.clone(), 2).unwrap().features;
+    let b = ort.run(pixels, 2).unwrap().features;
+    let gap = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(gap <= 1e-4, "burn and onnxruntime differ by {gap}");
+
+    let photo = samples().join("Banana/Banana_001.jpg");
+    let predicted = graft(dir.path(), &["predict", s(&model), s(&photo)]);
+    predicted.assert_code(0);
+    let onnx = dir.path().join("classifier.onnx");
+    let exported = graft(dir.path(), &["export", s(&model), "-o", s(&onnx)]);
+    exported.assert_code(0);
+    assert!(
+        exported.stdout.contains("uint8 [N, 192, 192, 3]"),
+        "{}",
+        exported.both()
+    );
+
+    // A manifest edited to another size no longer matches the tuned tensors' network.
+    let manifest_path = model.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["preprocess"]["size"] = 200.into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    graft(dir.path(), &["predict", s(&model), s(&photo)])
+        .assert_code(1)
+        .assert_stderr(&["manifest.json"]);
+}
+
+#[test]
 fn fine_tuned_bundle_predicts_and_evaluates_and_refuses_edited_tensors() {
     let shared = shared();
     let dir = shared.dir.path();
@@ -402,6 +461,19 @@ fn bad_fine_tune_flags_name_the_flag_and_the_fix() {
     ])
     .assert_code(1)
     .assert_stderr(&["validation split", "raise --validation-percentage"]);
+    base(&[
+        "--backbone",
+        BACKBONE,
+        "--fine-tune",
+        "2",
+        "--image-size",
+        "2000",
+    ])
+    .assert_code(2)
+    .assert_stderr(&["--image-size 2000", "96 to 640", "224 natively"]);
+    base(&["--backbone", BACKBONE, "--image-size", "64"])
+        .assert_code(2)
+        .assert_stderr(&["--image-size 64", "96 to 640"]);
     assert!(!out.exists(), "a refused run wrote a model");
 }
 
@@ -523,7 +595,7 @@ fn gradients_of_the_top_match_pytorch() {
     let weights =
         graft::weights::load_safetensors(&home().join("models/efficientnet-lite0.safetensors"))
             .unwrap();
-    let cut = Cut::new(BackboneId::EfficientNetLite0, 2).unwrap();
+    let cut = Cut::new(BackboneId::EfficientNetLite0, 224, 2).unwrap();
     assert_eq!(meta["cut_block"], "14");
     let labels: Vec<usize> = fx["labels"].data.iter().map(|v| *v as usize).collect();
     let hw = &fx["head.weight"];

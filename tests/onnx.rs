@@ -297,7 +297,8 @@ fn export_onnx_writes_the_model_the_engine_runs() {
         stdout.contains(&format!("({} bytes)", bytes.len())),
         "{stdout}"
     );
-    let (folded, _) = folded_graph(id, &tensors, "test weights").unwrap();
+    let (folded, _) =
+        folded_graph(id, id.spec().preprocess.size, &tensors, "test weights").unwrap();
     let from_file = OrtNet::from_model(&folded, &bytes, &Silent).unwrap();
     let engine = Backbone::from_tensors_with(
         id,

@@ -569,6 +569,7 @@ fn train_features_refuses_mixed_parts_duplicates_wrong_widths_and_image_flags() 
         &["--flip-left-right"][..],
         &["--random-crop", "10"],
         &["--batch-size", "4"],
+        &["--image-size", "192"],
     ] {
         let mut args = vec!["--features", s(&f.parquet)];
         args.extend_from_slice(flag);

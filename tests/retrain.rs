@@ -550,6 +550,59 @@ fn same_seed_same_head_and_second_run_reads_the_cache() {
 }
 
 #[test]
+fn another_image_size_is_cached_apart_recorded_and_used_by_predict_and_evaluate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    class_folders(&data, &THREE, 8);
+    let bottlenecks = tmp.path().join("bottlenecks");
+    let native = train(tmp.path(), &bottlenecks, &tmp.path().join("a"), &[s(&data)]);
+    native.assert_code(0);
+    assert_eq!(feature_counts(&native), (0, 24));
+
+    // At 160 x 160 the features are other numbers: extracted anew, not read from the
+    // native size's cache entries; a second run at 160 reads its own.
+    let model = tmp.path().join("b");
+    let sized = train(
+        tmp.path(),
+        &bottlenecks,
+        &model,
+        &[s(&data), "--image-size", "160"],
+    );
+    sized.assert_code(0);
+    assert_eq!(feature_counts(&sized), (0, 24));
+    let again = train(
+        tmp.path(),
+        &bottlenecks,
+        &tmp.path().join("c"),
+        &[s(&data), "--image-size", "160"],
+    );
+    again.assert_code(0);
+    assert_eq!(feature_counts(&again), (24, 0));
+
+    let manifest = read_json(&model.join("manifest.json"));
+    assert_eq!(manifest["preprocess"]["size"], 160, "{manifest}");
+    let crop = manifest["preprocess"]["crop_fraction"].as_f64().unwrap();
+    assert!((crop - 160.0 / 192.0).abs() < 1e-9, "{manifest}");
+
+    let photo = &photos("Fruit/Kiwi", 1)[0];
+    graft(tmp.path(), &["predict", s(&model), s(photo)]).assert_code(0);
+    let evaluated = graft(
+        tmp.path(),
+        &[
+            "evaluate",
+            s(&model),
+            s(&data),
+            "--bottleneck-dir",
+            s(&bottlenecks),
+        ],
+    );
+    evaluated.assert_code(0);
+    // evaluate at the model's size finds the training run's features: 24 native and 24
+    // at 160, nothing more.
+    assert_eq!(cache_entries(tmp.path(), &bottlenecks), 48);
+}
+
+#[test]
 fn a_killed_extraction_resumes_from_what_was_committed() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

@@ -122,7 +122,7 @@ fn extract_encoded(
             _ => todo.push(i),
         }
     }
-    let spec = backbone.spec().preprocess;
+    let spec = backbone.preprocess;
     let batch = options.batch_for(backbone);
     let mut skipped = Vec::new();
     // One batch decoded at a time: memory stays bounded by one batch of pixels.
@@ -611,6 +611,7 @@ fn train(
     let options = RetrainOptions {
         source,
         backbone: backbone.parse().map_err(py_err)?,
+        image_size: None,
         bottleneck_dir: bottleneck_dir.unwrap_or_else(default_bottleneck_dir),
         validation_percentage,
         testing_percentage,

@@ -43,6 +43,36 @@ impl BackboneId {
     }
 }
 
+impl BackboneSpec {
+    /// The preprocessing of this backbone run at `size x size` instead of its native size:
+    /// the same filter and normalisation, and the crop rule of its family (EfficientNet-Lite:
+    /// `size / (size + 32)` of the shorter side, as TF's evaluation does at every size;
+    /// Inception V3: the same fraction, 299/342). Refuses sizes outside
+    /// [`IMAGE_SIZES`], naming the flag.
+    pub fn preprocess_at(&self, size: u32) -> Result<Preprocess> {
+        if !IMAGE_SIZES.contains(&size) {
+            return Err(Error::Invalid(format!(
+                "--image-size {size}: give {} to {} pixels ({} runs at {} natively)",
+                IMAGE_SIZES.start(),
+                IMAGE_SIZES.end(),
+                self.name,
+                self.preprocess.size
+            )));
+        }
+        Ok(match self.id {
+            BackboneId::InceptionV3 => Preprocess {
+                size,
+                ..self.preprocess
+            },
+            _ => lite_preprocess(size),
+        })
+    }
+}
+
+/// Input sizes a backbone can run at (`--image-size`): from where the smallest network's
+/// last stage still has pixels to well above every native size.
+pub const IMAGE_SIZES: std::ops::RangeInclusive<u32> = 96..=640;
+
 impl std::str::FromStr for BackboneId {
     type Err = Error;
 
@@ -260,5 +290,30 @@ mod tests {
         }
         let err = "resnet50".parse::<BackboneId>().unwrap_err().to_string();
         assert!(err.contains("efficientnet-lite2"), "{err}");
+    }
+
+    #[test]
+    fn a_backbone_at_another_size_keeps_its_family_crop_rule() {
+        for id in BackboneId::ALL {
+            let native = id.spec().preprocess;
+            assert_eq!(id.spec().preprocess_at(native.size).unwrap(), native);
+        }
+        let lite2 = BackboneId::EfficientNetLite2
+            .spec()
+            .preprocess_at(300)
+            .unwrap();
+        assert_eq!(lite2.size, 300);
+        assert!((lite2.crop_fraction - 300.0 / 332.0).abs() < 1e-12);
+        let inception = BackboneId::InceptionV3.spec().preprocess_at(342).unwrap();
+        assert!((inception.crop_fraction - 299.0 / 342.0).abs() < 1e-12);
+        let err = BackboneId::EfficientNetLite2
+            .spec()
+            .preprocess_at(2000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--image-size 2000") && err.contains("96 to 640"),
+            "{err}"
+        );
     }
 }

@@ -73,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
          but not the precision, so int8 rows would pass for fp32 ones in `graft train --features`; \
          write .safetensors, or extract at fp32"
     );
-    let backbone = load_backbone(id, &weights, &run, None, &bar)?;
+    let backbone = load_backbone(id, id.spec().preprocess.size, &weights, &run, None, &bar)?;
     let scan = scan_images(&args.dir)?;
     for warning in &scan.warnings {
         bar.message(&format!("warning: {warning}"));

@@ -33,6 +33,12 @@ pub struct Args {
     /// features were extracted with).
     #[arg(long)]
     backbone: Option<String>,
+    /// Run the backbone on S x S pixels instead of its native size (Lite0 224, Lite1 240,
+    /// Lite2 260, Inception V3 299), for training and for every command that runs the
+    /// model (the model records it), 96 to 640. Features and activations are cached per
+    /// size. What a size is worth on the grocery photos: docs/fine-tuning.md.
+    #[arg(long, value_name = "S")]
+    image_size: Option<u32>,
     /// Where to write the trained model (a folder).
     #[arg(long, short, default_value = "graft-model")]
     output: PathBuf,
@@ -259,6 +265,17 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             .and_then(|f| f.backbone)
             .unwrap_or(BackboneId::DEFAULT),
     };
+    if let Some(size) = args.image_size {
+        if features.is_some() {
+            values::refuse(format!(
+                "--image-size {size} sets the size images are run at, and --features trains on \
+                 features already extracted at the backbone's native size: leave out --image-size"
+            ));
+        }
+        if let Err(e) = backbone.spec().preprocess_at(size) {
+            values::refuse(e.to_string());
+        }
+    }
     let fine_tune = match args.fine_tune {
         None => None,
         Some(_) if features.is_some() => values::refuse(
@@ -275,7 +292,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                         .to_string(),
                 );
             }
-            if let Err(e) = Cut::new(backbone, blocks) {
+            let size = args.image_size.unwrap_or(backbone.spec().preprocess.size);
+            if let Err(e) = Cut::new(backbone, size, blocks) {
                 values::refuse(e.to_string());
             }
             if args.dropout >= 1.0 {
@@ -324,6 +342,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let options = RetrainOptions {
         source,
         backbone,
+        image_size: args.image_size,
         bottleneck_dir: args
             .bottleneck_dir
             .clone()

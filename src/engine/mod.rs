@@ -19,7 +19,7 @@ use ::burn::tensor::Device;
 
 use self::burn::{BurnNet, Outputs};
 use crate::backbone::graph::{self, Graph};
-use crate::backbone::{BackboneId, BackboneSpec};
+use crate::backbone::{BackboneId, BackboneSpec, Preprocess};
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::weights;
@@ -130,20 +130,45 @@ enum Net {
 /// Set once the "onnxruntime unavailable" notice was shown, so it is shown once per run.
 static FALLBACK_NOTICE: AtomicBool = AtomicBool::new(false);
 
-/// The graph of `id`, checked against `tensors` and folded for inference
-/// ([`fold::fold_for_inference`]), with the tensors it reads: what every engine runs.
+/// The graph of `id` at input size `size`, checked against `tensors` and folded for
+/// inference ([`fold::fold_for_inference`]), with the tensors it reads: what every engine
+/// runs.
 pub fn folded_graph(
     id: BackboneId,
+    size: u32,
     tensors: &weights::TensorMap,
     origin: &str,
 ) -> Result<(Graph, weights::TensorMap)> {
-    let graph = crate::backbone::graph(id);
+    let graph = crate::backbone::graph_at(id, size);
     graph::check_parameters(
         &graph,
         |key| tensors.get(key).map(|t| t.shape.clone()),
         origin,
     )?;
     fold::fold_for_inference(&graph, tensors)
+}
+
+/// The preprocessing a graph of `id`'s family takes: the backbone's at the graph's input
+/// size.
+fn graph_preprocess(id: BackboneId, graph: &Graph) -> Result<Preprocess> {
+    match graph.input_shape() {
+        graph::Shape::Map { height, .. } => id.spec().preprocess_at(*height as u32),
+        graph::Shape::Flat { .. } => Err(crate::error::Error::Engine(format!(
+            "{id}: a network whose input is not an image"
+        ))),
+    }
+}
+
+/// `variant` with the input size joined when it is not `id`'s native size: the native
+/// size adds nothing, so the keys of features cached before `--image-size` stay valid.
+fn sized_variant(variant: String, id: BackboneId, size: u32) -> String {
+    if size == id.spec().preprocess.size {
+        variant
+    } else if variant.is_empty() {
+        format!("size:{size}")
+    } else {
+        format!("{variant}+size:{size}")
+    }
 }
 
 /// A backbone with its weights, ready to turn preprocessed images into features.
@@ -155,6 +180,9 @@ pub struct Backbone {
     /// the published network, `fine-tune:<tensors sha256>` for a fine-tuned one,
     /// `cut:<blocks>` for the frozen part below a fine-tuning cut.
     pub variant: String,
+    /// How an image becomes this network's input: the backbone's preprocessing at the
+    /// graph's input size (its native size unless `--image-size` chose another).
+    pub preprocess: Preprocess,
     /// Empty for fp32; for int8, what the quantized model depends on (quantizer version,
     /// range method, calibration set), so feature-cache keys differ from fp32's.
     precision_tag: String,
@@ -215,9 +243,30 @@ impl Backbone {
         choice: EngineChoice,
         progress: &dyn Progress,
     ) -> Result<Backbone> {
+        Backbone::from_tensors_at(
+            id,
+            id.spec().preprocess.size,
+            tensors,
+            (weights_sha256, origin),
+            choice,
+            progress,
+        )
+    }
+
+    /// [`Backbone::from_tensors_with`] for `[batch, 3, size, size]` inputs; `source` is the
+    /// weights checksum and where they came from.
+    pub fn from_tensors_at(
+        id: BackboneId,
+        size: u32,
+        tensors: &weights::TensorMap,
+        source: (String, &str),
+        choice: EngineChoice,
+        progress: &dyn Progress,
+    ) -> Result<Backbone> {
+        let (weights_sha256, origin) = source;
         Backbone::from_graph(
             id,
-            &crate::backbone::graph(id),
+            &crate::backbone::graph_at(id, size),
             tensors,
             (weights_sha256, String::new()),
             origin,
@@ -227,8 +276,9 @@ impl Backbone {
     }
 
     /// A network of `id`'s family given as `graph` (the whole backbone, or the part below a
-    /// cut), checked against `tensors` and folded; `identity` is the weights checksum and
-    /// the [`Backbone::variant`].
+    /// cut, at any input size), checked against `tensors` and folded; `identity` is the
+    /// weights checksum and the [`Backbone::variant`]. A size other than the native one
+    /// joins the variant (`size:<S>`), so its features are cached apart.
     pub fn from_graph(
         id: BackboneId,
         graph: &Graph,
@@ -239,6 +289,8 @@ impl Backbone {
         progress: &dyn Progress,
     ) -> Result<Backbone> {
         let (weights_sha256, variant) = identity;
+        let preprocess = graph_preprocess(id, graph)?;
+        let variant = sized_variant(variant, id, preprocess.size);
         graph::check_parameters(
             graph,
             |key| tensors.get(key).map(|t| t.shape.clone()),
@@ -268,6 +320,7 @@ impl Backbone {
             id,
             weights_sha256,
             variant,
+            preprocess,
             precision_tag: String::new(),
             net,
         })
@@ -278,12 +331,15 @@ impl Backbone {
     /// weights, quantizer version and calibration set, so it is computed once.
     pub fn load_int8(
         id: BackboneId,
+        size: u32,
         loaded: &weights::LoadedWeights,
         calibration: CalibrationSet<'_>,
         progress: &dyn Progress,
     ) -> Result<Backbone> {
         let origin = loaded.path.display().to_string();
-        let (folded, folded_tensors) = folded_graph(id, &loaded.tensors, &origin)?;
+        let (folded, folded_tensors) = folded_graph(id, size, &loaded.tensors, &origin)?;
+        let preprocess = graph_preprocess(id, &folded)?;
+        let variant = sized_variant(String::new(), id, size);
         let method = quantize::RangeMethod::DEFAULT;
         let tag = format!(
             "{}:{}:{}",
@@ -294,7 +350,12 @@ impl Backbone {
         let key = {
             use sha2::{Digest, Sha256};
             let mut h = Sha256::new();
-            for part in [id.name(), loaded.source_sha256.as_str(), tag.as_str()] {
+            for part in [
+                id.name(),
+                loaded.source_sha256.as_str(),
+                tag.as_str(),
+                variant.as_str(),
+            ] {
                 h.update((part.len() as u64).to_le_bytes());
                 h.update(part.as_bytes());
             }
@@ -308,7 +369,8 @@ impl Backbone {
                 return Ok(Backbone {
                     id,
                     weights_sha256: loaded.source_sha256.clone(),
-                    variant: String::new(),
+                    variant,
+                    preprocess,
                     precision_tag: format!("int8:{key}"),
                     net: Net::Onnxruntime(net),
                 });
@@ -332,7 +394,8 @@ impl Backbone {
         Ok(Backbone {
             id,
             weights_sha256: loaded.source_sha256.clone(),
-            variant: String::new(),
+            variant,
+            preprocess,
             precision_tag: format!("int8:{key}"),
             net: Net::Onnxruntime(net),
         })

@@ -742,7 +742,8 @@ pub fn export_with(
 /// checkpoint names them), folded for inference as every engine runs it; `origin` names
 /// where the weights came from in errors.
 pub fn export_backbone(id: BackboneId, tensors: &TensorMap, origin: &str) -> Result<Vec<u8>> {
-    let (folded, folded_tensors) = super::folded_graph(id, tensors, origin)?;
+    let (folded, folded_tensors) =
+        super::folded_graph(id, id.spec().preprocess.size, tensors, origin)?;
     export(&folded, &folded_tensors)
 }
 

@@ -117,8 +117,12 @@ pub fn classifier_onnx(
     let m = &bundle.manifest;
     let weights = bundle.backbone_weights(progress)?;
     let temperature = bundle.manifest.temperature;
-    let (folded, folded_tensors) =
-        crate::engine::folded_graph(m.backbone, &weights.tensors, &weights.origin)?;
+    let (folded, folded_tensors) = crate::engine::folded_graph(
+        m.backbone,
+        m.preprocess.size,
+        &weights.tensors,
+        &weights.origin,
+    )?;
     let (graph, tensors) = classifier_graph(&folded, &folded_tensors, &bundle.head)?;
     let precision = if int8.is_some() { "int8" } else { "fp32" };
     let backbone_model = match int8 {

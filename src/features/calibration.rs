@@ -130,22 +130,26 @@ pub fn calibration_dir<'a>(
         })
 }
 
-/// The backbone `id` with `weights` as `options` ask: fp32 on the chosen engine, or int8
-/// on onnxruntime calibrated on `options.calibration` (else `default_calibration`, the
-/// bundle's own training folder where the manifest names it).
+/// The backbone `id` at input size `size` with `weights` as `options` ask: fp32 on the
+/// chosen engine, or int8 on onnxruntime calibrated on `options.calibration` (else
+/// `default_calibration`, the bundle's own training folder where the manifest names it).
 pub fn load_backbone(
     id: BackboneId,
+    size: u32,
     weights: &LoadedWeights,
     options: &BackboneOptions,
     default_calibration: Option<&Path>,
     progress: &dyn Progress,
 ) -> Result<Backbone> {
     match options.precision {
-        Precision::Fp32 => Backbone::from_tensors_with(
+        Precision::Fp32 => Backbone::from_tensors_at(
             id,
+            size,
             &weights.tensors,
-            weights.source_sha256.clone(),
-            &weights.path.display().to_string(),
+            (
+                weights.source_sha256.clone(),
+                &weights.path.display().to_string(),
+            ),
             options.engine,
             progress,
         ),
@@ -154,8 +158,8 @@ pub fn load_backbone(
             let limit = options
                 .calibration_images
                 .unwrap_or(DEFAULT_CALIBRATION_IMAGES);
-            let set = calibration_set(dir, limit, id.spec().preprocess)?;
-            Backbone::load_int8(id, weights, set, progress)
+            let set = calibration_set(dir, limit, id.spec().preprocess_at(size)?)?;
+            Backbone::load_int8(id, size, weights, set, progress)
         }
     }
 }

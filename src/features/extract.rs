@@ -142,8 +142,7 @@ pub fn extract_views(
     mut sink: impl FnMut(ImageOutputs<'_>) -> Result<()>,
 ) -> Result<ExtractReport> {
     let start = Instant::now();
-    let spec = backbone.spec();
-    let preprocess_spec = spec.preprocess;
+    let preprocess_spec = backbone.preprocess;
     let per_image = 3 * (preprocess_spec.size * preprocess_spec.size) as usize;
     let batch_size = options.batch_for(backbone);
     let mut report = ExtractReport::default();

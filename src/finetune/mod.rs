@@ -75,8 +75,9 @@ pub struct Cut {
 }
 
 impl Cut {
-    /// Refuses a `blocks` the backbone does not have, naming the largest.
-    pub fn new(backbone: BackboneId, blocks: usize) -> Result<Cut> {
+    /// The cut of `backbone` run at `size x size` inputs; refuses a `blocks` the
+    /// backbone does not have, naming the largest.
+    pub fn new(backbone: BackboneId, size: u32, blocks: usize) -> Result<Cut> {
         let Some(count) = block_count(backbone) else {
             return Err(Error::Invalid(format!(
                 "--fine-tune is not available for {backbone} yet (only the EfficientNet-Lite \
@@ -89,7 +90,7 @@ impl Cut {
                 "--fine-tune {blocks}: {backbone} has {count} MBConv blocks; give 1 to {count}"
             )));
         }
-        let graph = crate::backbone::graph(backbone);
+        let graph = crate::backbone::graph_at(backbone, size);
         let first = format!("_blocks.{}.", count - blocks);
         let at = graph
             .nodes
@@ -196,14 +197,14 @@ mod tests {
 
     #[test]
     fn the_cut_is_the_input_of_the_first_trained_block() {
-        let cut = Cut::new(BackboneId::EfficientNetLite0, 1).unwrap();
+        let cut = Cut::new(BackboneId::EfficientNetLite0, 224, 1).unwrap();
         let keys = cut.trained_keys();
         assert_eq!(keys[0], "_blocks.15._expand_conv.weight");
         assert!(keys.contains(&"_conv_head.weight".to_string()));
         assert!(keys.contains(&"_bn1.bias".to_string()));
         assert!(!keys.iter().any(|k| k.starts_with("_blocks.14.")));
         assert!(!keys.iter().any(|k| k.starts_with("_fc")));
-        let err = Cut::new(BackboneId::EfficientNetLite0, 17)
+        let err = Cut::new(BackboneId::EfficientNetLite0, 224, 17)
             .unwrap_err()
             .to_string();
         assert!(err.contains("give 1 to 16"), "{err}");
