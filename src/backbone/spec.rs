@@ -293,6 +293,21 @@ mod tests {
     }
 
     #[test]
+    fn the_preprocessing_of_every_size_reads_back_from_a_manifest_as_written() {
+        // Bundles compare the manifest's preprocessing with the backbone's exactly, so its
+        // crop fraction must survive JSON unchanged at every size (300 / 332 read back one
+        // unit in the last place off with serde_json's default float parser).
+        for id in BackboneId::ALL {
+            for size in IMAGE_SIZES {
+                let p = id.spec().preprocess_at(size).unwrap();
+                let text = serde_json::to_string(&p).unwrap();
+                let back: Preprocess = serde_json::from_str(&text).unwrap();
+                assert_eq!(back, p, "{id:?} at {size}: {text}");
+            }
+        }
+    }
+
+    #[test]
     fn a_backbone_at_another_size_keeps_its_family_crop_rule() {
         for id in BackboneId::ALL {
             let native = id.spec().preprocess;
