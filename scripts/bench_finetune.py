@@ -326,6 +326,8 @@ def run_graft(args, train_dir: Path, work: Path) -> dict:
     command += [a.format(epochs=args.epochs, batch=args.batch_size, views=args.views)
                 for a in shlex.split(args.graft_flags)]
     command += shlex.split(args.graft_args)
+    if args.image_size:
+        command += ["--image-size", str(args.image_size)]
     env = dict(os.environ)
     if args.graft_home:
         env["GRAFT_HOME"] = str(args.graft_home)
@@ -362,6 +364,9 @@ def parse_args():
     p.add_argument("--testing-percentage", type=float, default=10.0)
     p.add_argument("--backbone", default="lite2", help="lite0 or lite2 (or graft's names)")
     p.add_argument("--blocks", type=int, default=6, help="MBConv blocks trained, from the end")
+    p.add_argument("--image-size", type=int,
+                   help="input size for training and validation alike, both sides (default: the backbone's "
+                        "native size)")
     p.add_argument("--views", type=int, default=4, help="augmented views per training image, besides the centre")
     p.add_argument("--epoch-views", choices=["all", "one"], default="one",
                    help="an epoch visits each image once in one random view (one, as graft) or every view (all)")
@@ -428,7 +433,8 @@ def main() -> None:
     if not train_images:
         sys.exit("no training photos; check --train and --classes")
 
-    model, weights_sha256 = common.load_model(variant)
+    size = args.image_size or variant.size
+    model, weights_sha256 = common.load_model(variant, image_size=None if size == variant.size else size)
     cut = len(model._blocks) - args.blocks
     if not 0 < cut < len(model._blocks):
         sys.exit(f"--blocks {args.blocks}: {variant.name} has {len(model._blocks)} MBConv blocks; "
@@ -437,25 +443,25 @@ def main() -> None:
         p.requires_grad_(False)
 
     def key(what, images, views):
-        h = hashlib.sha256(json.dumps([what, variant.name, weights_sha256, variant.size, cut, views,
+        h = hashlib.sha256(json.dumps([what, variant.name, weights_sha256, size, cut, views,
                                        args.seed, args.store, [i[0] for i in images]]).encode())
         return f"{variant.short}-cut{cut}-{what}-{h.hexdigest()[:16]}"
 
     # The export is named by the weights it holds, so another checkpoint never reuses it.
-    export = f"{variant.short}-{weights_sha256[:16]}-lower-{cut}-{variant.size}.onnx"
-    run = lower_part_runner(model, cut, variant.size, args.extract_engine, args.threads,
+    export = f"{variant.short}-{weights_sha256[:16]}-lower-{cut}-{size}.onnx"
+    run = lower_part_runner(model, cut, size, args.extract_engine, args.threads,
                             (cache or Path(tempfile.gettempdir())) / export)
     train_acts, train_extract_s = activations(
-        run, train_images, variant.size, args.views, args.seed, store, args.extract_batch, cache,
+        run, train_images, size, args.views, args.seed, store, args.extract_batch, cache,
         "train", key("train", train_images, args.views))
     per_image = 1 + args.views
     train_labels = np.repeat(np.asarray([im[2] for im in train_images], dtype=np.int64), per_image)
     val_acts, val_extract_s = activations(
-        run, val_images, variant.size, 0, args.seed, store, args.extract_batch, cache,
+        run, val_images, size, 0, args.seed, store, args.extract_batch, cache,
         "val", key("val", val_images, 0))
     val_labels = np.asarray([im[2] for im in val_images], dtype=np.int64)
 
-    results = {"backbone": variant.name, "blocks": args.blocks, "cut_block": cut, "views": args.views,
+    results = {"backbone": variant.name, "image_size": size, "blocks": args.blocks, "cut_block": cut, "views": args.views,
                "epochs": args.epochs, "batch_size": args.batch_size, "threads": args.threads,
                "training_photos": len(train_images), "classes": len(classes),
                "pytorch_extract_seconds": train_extract_s + val_extract_s,
@@ -483,7 +489,7 @@ def report(results: dict) -> None:
     torch_epochs = [e["train_seconds"] + e["val_seconds"] for e in torch_runs]
     samples = results["pytorch"]["samples_per_epoch"]
     print()
-    print(f"{results['backbone']}, top {results['blocks']} blocks (cut at _blocks.{results['cut_block']}), "
+    print(f"{results['backbone']} at {results['image_size']} x {results['image_size']}, top {results['blocks']} blocks (cut at _blocks.{results['cut_block']}), "
           f"{results['training_photos']} photos x (1 + {results['views']}) views, batch {results['batch_size']}, "
           f"{results['threads']} threads")
     print(f"{'epoch':>5} {'pytorch s':>10} {'(train)':>8} {'graft s':>10}")
