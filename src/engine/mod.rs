@@ -341,9 +341,11 @@ impl Backbone {
         let preprocess = graph_preprocess(id, &folded)?;
         let variant = sized_variant(String::new(), id, size);
         let method = quantize::RangeMethod::DEFAULT;
+        let width = onnx::Int8Weights::for_this_cpu();
         let tag = format!(
-            "{}:{}:{}",
+            "{}{}:{}:{}",
             quantize::QUANTIZER_VERSION,
+            width.tag(),
             method.tag(),
             calibration.digest
         );
@@ -383,6 +385,7 @@ impl Backbone {
             (calibration.batches)(),
             method,
             id.spec().int8_float_layers,
+            width,
             progress,
         );
         progress.finish();

@@ -145,6 +145,8 @@ pub struct Qdq {
     /// Per value, the mean of each channel over the calibration images, for the values
     /// an int8 convolution reads: the bias correction's input.
     pub input_means: Vec<Option<Vec<f32>>>,
+    /// How wide the weights of dense and pointwise convolutions are.
+    pub weights: Int8Weights,
 }
 
 /// What [`export_with`] writes beyond the float graph.
@@ -157,13 +159,54 @@ pub struct ExportOptions<'a> {
     pub qdq: Option<&'a Qdq>,
 }
 
-/// The largest int8 weight magnitude of a dense or pointwise convolution: 7 bits,
-/// onnxruntime's `reduce_range`. On x86 CPUs without VNNI, onnxruntime's uint8 x int8
-/// matrix kernels add pairs of products in int16 (`vpmaddubsw`), which saturates once
-/// 2 x 255 x |w| passes 32767; with |w| <= 63 it cannot. Measured on an AVX2-only EPYC
-/// (tests/int8.rs, 17 grocery photos, Lite0): the lowest cosine of int8 to fp32 features
-/// was 0.852 with 127, 0.985 with 63.
-pub const INT8_WEIGHT_MAX: f32 = 63.0;
+/// How wide the int8 weights of dense and pointwise convolutions are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Int8Weights {
+    /// 7 bits (+-63, onnxruntime's `reduce_range`): right on every CPU. On x86 CPUs
+    /// without VNNI, onnxruntime's uint8 x int8 matrix kernels add pairs of products in
+    /// int16 (`vpmaddubsw`), which saturates once 2 x 255 x |w| passes 32767; with
+    /// |w| <= 63 it cannot. Measured on an AVX2-only EPYC (tests/int8.rs, 17 grocery
+    /// photos, Lite0): the lowest cosine of int8 to fp32 features was 0.852 with 127,
+    /// 0.985 with 63. Exported files use it: the device that runs them is not known.
+    #[default]
+    Portable,
+    /// The full 8 bits (+-127), for CPUs with AVX-512 VNNI, where onnxruntime's kernels
+    /// multiply uint8 by int8 and sum in int32 in one instruction (`vpdpbusd`), so nothing
+    /// saturates. On Lite2 and the 2640 grocery `train/` photos (a Zen 5 EPYC) the mean
+    /// relative error of int8 features to fp32's went from 0.064 to 0.047 (docs/int8.md).
+    Full,
+}
+
+impl Int8Weights {
+    /// What graft's own int8 runs use on this machine: [`Int8Weights::Full`] where the
+    /// CPU has AVX-512 VNNI, else [`Int8Weights::Portable`].
+    pub fn for_this_cpu() -> Int8Weights {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            return Int8Weights::Full;
+        }
+        Int8Weights::Portable
+    }
+
+    /// The largest weight magnitude of a dense or pointwise convolution.
+    pub fn pointwise_max(self) -> f32 {
+        match self {
+            Int8Weights::Portable => 63.0,
+            Int8Weights::Full => 127.0,
+        }
+    }
+
+    /// Joined to the quantizer's tag in cache keys: nothing for the portable width, so
+    /// the quantized models and int8 features cached before it existed stay valid.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Int8Weights::Portable => "",
+            Int8Weights::Full => ":weights-8bit",
+        }
+    }
+}
 
 /// The largest int8 weight magnitude of a depthwise convolution: the full 8 bits.
 /// onnxruntime's depthwise kernels widen input and filter to int16 and sum the products
@@ -172,12 +215,12 @@ pub const INT8_WEIGHT_MAX: f32 = 63.0;
 pub const INT8_DEPTHWISE_WEIGHT_MAX: f32 = 127.0;
 
 /// The weight limit of a convolution with weights of shape `dims` (`[out, in / groups,
-/// kh, kw]`): depthwise (one input channel per group) or not.
-pub fn int8_weight_max(dims: &[usize]) -> f32 {
+/// kh, kw]`): depthwise (one input channel per group), or as wide as `weights` says.
+pub fn int8_weight_max(dims: &[usize], weights: Int8Weights) -> f32 {
     if dims.len() == 4 && dims[1] == 1 {
         INT8_DEPTHWISE_WEIGHT_MAX
     } else {
-        INT8_WEIGHT_MAX
+        weights.pointwise_max()
     }
 }
 
@@ -353,6 +396,7 @@ impl Writer<'_> {
         bkey: Option<&str>,
         input_scale: f32,
         input_means: Option<&[f32]>,
+        int8_width: Int8Weights,
     ) -> Result<(String, Option<String>)> {
         let get = |key: &str, len: usize| -> Result<Vec<f32>> {
             let t = self
@@ -370,7 +414,8 @@ impl Writer<'_> {
         let out_ch = dims[0];
         let weights = get(wkey, dims.iter().product())?;
         let mut bias = bkey.map(|k| get(k, out_ch)).transpose()?;
-        let (values, scales) = int8_per_channel(&weights, out_ch, int8_weight_max(dims));
+        let (values, scales) =
+            int8_per_channel(&weights, out_ch, int8_weight_max(dims, int8_width));
         if let (Some(bias), Some(means)) = (bias.as_mut(), input_means) {
             correct_bias(bias, &weights, &values, &scales, dims, means);
         }
@@ -526,6 +571,7 @@ pub fn export_with(
                             .qdq
                             .and_then(|q| q.input_means.get(input.0))
                             .and_then(|m| m.as_deref()),
+                        options.qdq.map_or(Int8Weights::Portable, |q| q.weights),
                     )?,
                     None => {
                         w.weight(&wkey, &dims)?;

@@ -8,8 +8,8 @@
 //! finished ONNX file, where graft has the graph itself); the rules follow that tool's
 //! defaults: QDQ format, uint8 activations, int8 per-channel weights, int32 bias at input
 //! scale x weight scale, every range widened to include 0; and its `reduce_range` (7-bit
-//! weights), which CPUs without VNNI need (see [`super::onnx::INT8_WEIGHT_MAX`]), for all
-//! but the depthwise convolutions, whose kernels cannot saturate. Beyond that tool: each
+//! weights), which CPUs without VNNI need (see [`Int8Weights`]), for all but the
+//! depthwise convolutions, whose kernels cannot saturate, unless the CPU has AVX-512 VNNI. Beyond that tool: each
 //! convolution's bias is corrected for the mean shift its rounded weights cause, from the
 //! per-channel means of its input over the calibration images
 //! ([`super::onnx::correct_bias`]).
@@ -23,7 +23,7 @@
 //! rounding costs the features most; their inputs and outputs are still quantized where an
 //! integer op reads or writes them.
 
-use super::onnx::{ActivationScale, ExportOptions, Qdq};
+use super::onnx::{ActivationScale, ExportOptions, Int8Weights, Qdq};
 use crate::backbone::graph::{Graph, Op, Value};
 use crate::error::{Error, Result};
 use crate::weights::TensorMap;
@@ -217,13 +217,15 @@ pub fn activation_scale(min: f32, max: f32) -> ActivationScale {
 /// value [`quantized_values`] picks; returns the QDQ parameters.
 ///
 /// `batches` yields preprocessed images `[n, 3, S, S]` and their count `n`;
-/// `float_layers` are the key prefixes of the convolutions that stay float.
+/// `float_layers` are the key prefixes of the convolutions that stay float; `weights`
+/// how wide the weights of the others are.
 pub fn calibrate(
     graph: &Graph,
     tensors: &TensorMap,
     batches: impl IntoIterator<Item = Result<(Vec<f32>, usize)>>,
     method: RangeMethod,
     float_layers: &[&str],
+    weights: Int8Weights,
     progress: &dyn crate::progress::Progress,
 ) -> Result<Qdq> {
     let float = float_convs(graph, float_layers);
@@ -334,21 +336,32 @@ pub fn calibrate(
             .iter()
             .map(|m| m.as_ref().map(ChannelMeans::means))
             .collect(),
+        weights,
     })
 }
 
 /// The QDQ-quantized ONNX model of the folded `graph` with `tensors`, calibrated on
 /// `batches` of preprocessed images (see [`calibrate`]): what `graft ... --precision
-/// int8` runs, and what an export with int8 quantization writes.
+/// int8` runs (with [`Int8Weights::for_this_cpu`]), and what an export with int8
+/// quantization writes (with [`Int8Weights::Portable`]).
 pub fn quantize(
     graph: &Graph,
     tensors: &TensorMap,
     batches: impl IntoIterator<Item = Result<(Vec<f32>, usize)>>,
     method: RangeMethod,
     float_layers: &[&str],
+    weights: Int8Weights,
     progress: &dyn crate::progress::Progress,
 ) -> Result<Vec<u8>> {
-    let qdq = calibrate(graph, tensors, batches, method, float_layers, progress)?;
+    let qdq = calibrate(
+        graph,
+        tensors,
+        batches,
+        method,
+        float_layers,
+        weights,
+        progress,
+    )?;
     super::onnx::export_with(
         graph,
         tensors,
@@ -380,22 +393,38 @@ mod tests {
     #[test]
     fn per_channel_weights_are_symmetric_per_output_channel() {
         let weights = [0.6, -1.0, 0.2, 0.0, 0.0, 0.0, 2.0, 1.2, -2.0];
-        let onnx = |dims: &[usize]| {
+        let onnx = |dims: &[usize], width: Int8Weights| {
             super::super::onnx::int8_per_channel(
                 &weights,
                 3,
-                super::super::onnx::int8_weight_max(dims),
+                super::super::onnx::int8_weight_max(dims, width),
             )
         };
         // A dense or pointwise convolution, 7-bit: the largest magnitude of each channel
         // maps to 63.
-        let (q, scales) = onnx(&[3, 3, 1, 1]);
+        let (q, scales) = onnx(&[3, 3, 1, 1], Int8Weights::Portable);
         assert_eq!(q, [38, -63, 13, 0, 0, 0, 63, 38, -63]);
         assert_eq!(scales, [1.0 / 63.0, 1.0, 2.0 / 63.0]);
-        // A depthwise one (one input channel per group), 8-bit: to 127.
-        let (q, scales) = onnx(&[3, 1, 3, 1]);
-        assert_eq!(q, [76, -127, 25, 0, 0, 0, 127, 76, -127]);
-        assert_eq!(scales, [1.0 / 127.0, 1.0, 2.0 / 127.0]);
+        // A depthwise one (one input channel per group), 8-bit: to 127, at either width.
+        let eight_bit = [76, -127, 25, 0, 0, 0, 127, 76, -127];
+        let eight_bit_scales = [1.0 / 127.0, 1.0, 2.0 / 127.0];
+        for width in [Int8Weights::Portable, Int8Weights::Full] {
+            let (q, scales) = onnx(&[3, 1, 3, 1], width);
+            assert_eq!(
+                (q.as_slice(), scales.as_slice()),
+                (&eight_bit[..], &eight_bit_scales[..])
+            );
+        }
+        // The portable width adds nothing to cache keys (models cached before it stay
+        // valid); the full one keys its models apart.
+        assert_eq!(Int8Weights::Portable.tag(), "");
+        assert_ne!(Int8Weights::Full.tag(), "");
+        // The pointwise one at the full width, for CPUs with VNNI: to 127 too.
+        let (q, scales) = onnx(&[3, 3, 1, 1], Int8Weights::Full);
+        assert_eq!(
+            (q.as_slice(), scales.as_slice()),
+            (&eight_bit[..], &eight_bit_scales[..])
+        );
     }
 
     #[test]
@@ -498,7 +527,11 @@ mod tests {
             let n: usize = dims.iter().product();
             let weights: Vec<f32> = (0..n).map(|k| ((k as f32) * 0.37).sin() * 0.9).collect();
             let bias = vec![0.25f32; dims[0]];
-            let (values, scales) = int8_per_channel(&weights, dims[0], int8_weight_max(dims));
+            let (values, scales) = int8_per_channel(
+                &weights,
+                dims[0],
+                int8_weight_max(dims, Int8Weights::Portable),
+            );
             let rounded: Vec<f32> = values
                 .iter()
                 .enumerate()

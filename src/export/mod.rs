@@ -135,6 +135,9 @@ pub fn classifier_onnx(
                 (calibration.batches)(),
                 crate::engine::quantize::RangeMethod::DEFAULT,
                 m.backbone.spec().int8_float_layers,
+                // The file runs on devices graft does not know: 7-bit weights are right on
+                // every CPU.
+                crate::engine::onnx::Int8Weights::Portable,
                 progress,
             );
             progress.finish();
