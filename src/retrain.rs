@@ -163,8 +163,9 @@ pub fn retrain(
 ) -> Result<RetrainOutcome> {
     let run_started = std::time::Instant::now();
     options.distortions.check()?;
-    let native = options.backbone.spec().preprocess.size;
-    let size = options.image_size.unwrap_or(native);
+    let size = options
+        .image_size
+        .unwrap_or(options.backbone.spec().preprocess.size);
     options.backbone.spec().preprocess_at(size)?;
     let dataset = options.source.load()?;
     dataset.require_trainable()?;

@@ -204,24 +204,7 @@ fn fine_tuned_bundle_records_what_changed_and_runs_the_same_on_both_engines() {
     assert!(!tuned.keys().any(|k| k.ends_with("running_mean")));
 
     // The same pixels through the fine-tuned network on both engines.
-    std::env::set_var("GRAFT_HOME", home());
-    let progress = graft::progress::Silent;
-    let burn = bundle.backbone(EngineChoice::Burn, &progress).unwrap();
-    let ort = bundle
-        .backbone(EngineChoice::Onnxruntime, &progress)
-        .expect("onnxruntime must load: run `graft models fetch` once or set ORT_DYLIB_PATH");
-    let n = 3 * 224 * 224;
-    let pixels: Vec<f32> = (0..2 * n)
-        .map(|i| ((i * 7919 % 255) as f32 - 127.0) / 128.0)
-        .collect();
-    let a = burn.run(pixels.clone(), 2).unwrap().features;
-    let b = ort.run(pixels.clone(), 2).unwrap().features;
-    let gap = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    assert!(gap <= 1e-4, "burn and onnxruntime differ by {gap}");
+    let (pixels, a) = both_engines_agree(&bundle, 224);
     // And it is not the published network.
     let loaded =
         graft::weights::load_safetensors(&home().join("models/efficientnet-lite0.safetensors"))
@@ -234,12 +217,39 @@ fn fine_tuned_bundle_records_what_changed_and_runs_the_same_on_both_engines() {
     )
     .unwrap();
     let c = base.run(pixels, 2).unwrap().features;
-    let moved = a
-        .iter()
-        .zip(&c)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let moved = max_gap(&a, &c);
     assert!(moved > 1e-3, "fine-tuning changed nothing ({moved})");
+}
+
+/// The largest absolute difference between two feature rows of the same length.
+fn max_gap(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// `bundle`'s network on burn and on onnxruntime, both at `size x size`, run on the same
+/// two deterministic images: asserts they agree within 1e-4; returns the pixels and
+/// burn's features.
+fn both_engines_agree(bundle: &Bundle, size: usize) -> (Vec<f32>, Vec<f32>) {
+    std::env::set_var("GRAFT_HOME", home());
+    let progress = graft::progress::Silent;
+    let burn = bundle.backbone(EngineChoice::Burn, &progress).unwrap();
+    let ort = bundle
+        .backbone(EngineChoice::Onnxruntime, &progress)
+        .expect("onnxruntime must load: run `graft models fetch` once or set ORT_DYLIB_PATH");
+    assert_eq!(burn.preprocess.size as usize, size);
+    assert_eq!(ort.preprocess.size as usize, size);
+    let n = 3 * size * size;
+    let pixels: Vec<f32> = (0..2 * n)
+        .map(|i| ((i * 7919 % 255) as f32 - 127.0) / 128.0)
+        .collect();
+    let a = burn.run(pixels.clone(), 2).unwrap().features;
+    let b = ort.run(pixels.clone(), 2).unwrap().features;
+    let gap = max_gap(&a, &b);
+    assert!(gap <= 1e-4, "burn and onnxruntime differ by {gap}");
+    (pixels, a)
 }
 
 #[test]
@@ -258,25 +268,7 @@ fn fine_tuning_at_another_image_size_runs_there_everywhere() {
     assert!((pre.crop_fraction - 192.0 / 224.0).abs() < 1e-9, "{pre:?}");
 
     // The fine-tuned network at 192 x 192 on both engines.
-    std::env::set_var("GRAFT_HOME", home());
-    let progress = graft::progress::Silent;
-    let burn = bundle.backbone(EngineChoice::Burn, &progress).unwrap();
-    let ort = bundle
-        .backbone(EngineChoice::Onnxruntime, &progress)
-        .expect("onnxruntime must load: run `graft models fetch` once or set ORT_DYLIB_PATH");
-    assert_eq!(burn.preprocess.size, 192);
-    let n = 3 * 192 * 192;
-    let pixels: Vec<f32> = (0..2 * n)
-        .map(|i| ((i * 7919 % 255) as f32 - 127.0) / 128.0)
-        .collect();
-    let a = burn.run(pixels.clone(), 2).unwrap().features;
-    let b = ort.run(pixels, 2).unwrap().features;
-    let gap = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    assert!(gap <= 1e-4, "burn and onnxruntime differ by {gap}");
+    both_engines_agree(&bundle, 192);
 
     let photo = samples().join("Banana/Banana_001.jpg");
     let predicted = graft(dir.path(), &["predict", s(&model), s(&photo)]);
@@ -642,11 +634,7 @@ fn gradients_of_the_top_match_pytorch() {
         assert_eq!(got.len(), expected.data.len(), "{key}");
         let scale = expected.data.iter().fold(0f32, |m, v| m.max(v.abs()));
         let tolerance = 1e-4 * scale + 1e-6;
-        let gap = got
-            .iter()
-            .zip(&expected.data)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let gap = max_gap(&got, &expected.data);
         assert!(
             gap <= tolerance,
             "{key}: gradients differ by {gap} (tolerance {tolerance})"
