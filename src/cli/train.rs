@@ -140,10 +140,11 @@ pub struct Args {
     /// backbones N counts MBConv blocks from the end, and the 1x1 head convolution always
     /// trains with them: Lite0 has 16 blocks (N at most 16), Lite1 and
     /// Lite2 have 21 (at most 21). On the grocery photos (2140 training images, 2 cores,
-    /// Lite2), N = 6 with 4 views and 7 epochs took 13 min 39 s from an empty cache on an
+    /// Lite2, 4 views, 7 epochs), N = 6 took 13 min 39 s from an empty cache on an
     /// AVX2-only CPU (features 70 s, activations at the cut 216 s, epochs 71-77 s each),
-    /// 4 min 58 s on an AVX-512 one (epochs 26-32 s); 83.67% on val/ over 3 seeds
-    /// (docs/fine-tuning.md).
+    /// 4 min 58 s on an AVX-512 one (epochs 26-32 s), 83.67% on val/ over 3 seeds; N = 10
+    /// took 6 min 33 s on the AVX-512 CPU (epochs 45-67 s), 84.46% over 3 seeds, 85.14%
+    /// with --testing-percentage 0 (docs/fine-tuning.md).
     /// Inception V3 cannot be fine-tuned yet.
     #[arg(long, value_name = "N", value_parser = values::count())]
     fine_tune: Option<usize>,
