@@ -748,6 +748,10 @@ fn train_on(
                 "fine_tune_schedule",
                 serde_json::to_value(t.schedule).unwrap_or_default(),
             ),
+            (
+                "fine_tune_keep",
+                serde_json::to_value(t.keep).unwrap_or_default(),
+            ),
             ("fine_tune_batch_size", t.batch_size.into()),
             ("label_smoothing", t.label_smoothing.into()),
             ("dropout", t.dropout.into()),

@@ -403,6 +403,44 @@ fn a_constant_schedule_is_recorded_and_trains_other_weights() {
 }
 
 #[test]
+fn averaged_weights_are_recorded_and_predict() {
+    let shared = shared();
+    let averaged = shared.dir.path().join("averaged");
+    let data = samples();
+    let mut args = train_args(&data, &shared.bottlenecks, &averaged);
+    let epochs = args
+        .iter()
+        .position(|a| *a == "--fine-tune-epochs")
+        .unwrap()
+        + 1;
+    args[epochs] = "3";
+    args.extend_from_slice(&["--fine-tune-keep", "average"]);
+    let run = graft(shared.dir.path(), &args);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("kept the mean of epochs 2-3"),
+        "{}",
+        run.both()
+    );
+    let bundle = Bundle::load(&averaged).unwrap();
+    assert_eq!(bundle.manifest.training["fine_tune_keep"], "average");
+    assert_eq!(bundle.manifest.fine_tune.as_ref().unwrap().best_epoch, 3);
+    assert_ne!(
+        std::fs::read(shared.model.join("backbone.safetensors")).unwrap(),
+        std::fs::read(averaged.join("backbone.safetensors")).unwrap(),
+    );
+    let photo = data
+        .join("Banana")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    graft(shared.dir.path(), &["predict", s(&averaged), s(&photo)]).assert_code(0);
+}
+
+#[test]
 fn bad_fine_tune_flags_name_the_flag_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let data = samples();

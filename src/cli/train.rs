@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use graft::backbone::BackboneId;
 use graft::features::ExtractOptions;
-use graft::finetune::train::{FineTuneConfig, Schedule};
+use graft::finetune::train::{FineTuneConfig, Keep, Schedule};
 use graft::finetune::Cut;
 use graft::head::{Optimizer, TrainConfig, TrainEvent};
 use graft::image::distort::Distortions;
@@ -172,6 +172,13 @@ pub struct Args {
     /// (Lite2, --fine-tune 6, seed 0; docs/fine-tuning.md).
     #[arg(long)]
     fine_tune_warm_start: bool,
+    /// The weights fine-tuning keeps: the epoch with the best validation accuracy, or the
+    /// mean of the weights after each epoch of the second half (stochastic weight
+    /// averaging). On the grocery photos (Lite2, --fine-tune 10 --testing-percentage 0, 3
+    /// seeds) the mean scored 85.48% on val/ against 85.14% for the best epoch, 86.60%
+    /// against 85.81% with --tta 10 (docs/fine-tuning.md).
+    #[arg(long, value_enum, default_value_t = Keep::Best)]
+    fine_tune_keep: Keep,
     /// Images per fine-tuning step.
     #[arg(long, default_value_t = 32, value_parser = values::count())]
     fine_tune_batch_size: usize,
@@ -328,6 +335,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                     label_smoothing: args.label_smoothing,
                     seed: args.seed,
                     warm_start: args.fine_tune_warm_start,
+                    keep: args.fine_tune_keep,
                 },
                 views: args.fine_tune_views,
                 augment: if distortions.is_none() {
@@ -496,9 +504,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     if let Some(ft) = &outcome.bundle.manifest.fine_tune {
         let total: f64 = ft.epoch_seconds.iter().sum();
+        let averaged = args.fine_tune_keep == Keep::Average;
         let best = match ft.best_epoch {
             0 => "none beat the frozen model's validation accuracy; kept the frozen weights"
                 .to_string(),
+            n if averaged => format!("kept the mean of epochs {}-{n}", Keep::first_averaged(n)),
             n => format!("kept epoch {n}"),
         };
         println!(

@@ -29,7 +29,8 @@ pub struct FineTune {
     /// SHA-256 of `backbone.safetensors`, the tensors that changed.
     pub tensors_sha256: String,
     /// 1-based epoch whose weights were kept (best validation accuracy, then lowest
-    /// validation cross-entropy).
+    /// validation cross-entropy); with `--fine-tune-keep average`, the last epoch of the
+    /// mean.
     pub best_epoch: usize,
     pub epoch_seconds: Vec<f64>,
     /// Seconds spent computing (not reading from the cache) the activations at the cut.

@@ -1,10 +1,12 @@
 //! Joint training of the top blocks and a softmax head on cached activations at the cut.
 //!
-//! The recipe of fastai's `fine_tune` and the Keras transfer-learning guide: the head is
-//! warm-started from the frozen head, batch norm stays in inference mode, AdamW with a
+//! The recipe of fastai's `fine_tune` and the Keras transfer-learning guide: a new head
+//! (or, for a warm start, the frozen head), batch norm stays in inference mode, AdamW with a
 //! lower learning rate for the backbone than for the head, a linear warm-up then a cosine
 //! decay, dropout before the head, label-smoothed cross-entropy, and the weights of the
-//! epoch with the best validation accuracy are kept.
+//! epoch with the best validation accuracy are kept, or ([`Keep::Average`]) the mean of
+//! the second half's epochs: stochastic weight averaging, written here because it is a
+//! few sums over tensors graft already holds.
 //!
 //! Same seed, same data: the same weights, bit for bit, on one machine. Shuffling, the
 //! view of each sample and the dropout masks all come from one seeded ChaCha stream.
@@ -50,6 +52,79 @@ pub struct FineTuneConfig {
     /// Start the head from the frozen head (else [`new_head`]).
     #[serde(default)]
     pub warm_start: bool,
+    /// Which weights training hands back.
+    #[serde(default)]
+    pub keep: Keep,
+}
+
+/// The weights fine-tuning keeps (`--fine-tune-keep`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    /// The epoch with the best validation accuracy (then the lowest cross-entropy).
+    #[default]
+    Best,
+    /// The mean of the weights at the end of each epoch of the second half of training
+    /// (stochastic weight averaging; BatchNorm's statistics are frozen, so the mean needs
+    /// none recomputed).
+    Average,
+}
+
+impl Keep {
+    /// The first epoch (1-based) that [`Keep::Average`] averages over `epochs`.
+    pub fn first_averaged(epochs: usize) -> usize {
+        epochs / 2 + 1
+    }
+}
+
+/// Running sum of the tuned tensors and the head over the epochs [`Keep::Average`] averages.
+struct WeightSum {
+    tensors: TensorMap,
+    head: HeadWeights,
+    epochs: usize,
+}
+
+impl WeightSum {
+    fn add(sum: &mut Option<WeightSum>, tensors: TensorMap, head: HeadWeights) {
+        let Some(acc) = sum else {
+            *sum = Some(WeightSum {
+                tensors,
+                head,
+                epochs: 1,
+            });
+            return;
+        };
+        for (key, tensor) in tensors {
+            if let Some(total) = acc.tensors.get_mut(&key) {
+                total
+                    .data
+                    .iter_mut()
+                    .zip(&tensor.data)
+                    .for_each(|(a, b)| *a += b);
+            }
+        }
+        let (total, head) = (&mut acc.head, &head);
+        total
+            .weight
+            .iter_mut()
+            .zip(&head.weight)
+            .for_each(|(a, b)| *a += b);
+        total
+            .bias
+            .iter_mut()
+            .zip(&head.bias)
+            .for_each(|(a, b)| *a += b);
+        acc.epochs += 1;
+    }
+
+    /// The mean of what was added.
+    fn mean(mut self) -> (TensorMap, HeadWeights) {
+        let scale = 1.0 / self.epochs as f32;
+        let values = self.tensors.values_mut().flat_map(|t| t.data.iter_mut());
+        let head = self.head.weight.iter_mut().chain(self.head.bias.iter_mut());
+        values.chain(head).for_each(|v| *v *= scale);
+        (self.tensors, self.head)
+    }
 }
 
 /// The learning-rate schedule of fine-tuning (`--fine-tune-schedule`).
@@ -340,6 +415,7 @@ pub fn fine_tune(
 
     // (accuracy, cross-entropy, epoch, tensors, head) of the best epoch so far.
     let mut best: Option<(f32, f32, usize, TensorMap, HeadWeights)> = None;
+    let mut sum: Option<WeightSum> = None;
     let mut history = Vec::new();
     let mut step = 0usize;
     let mut order: Vec<usize> = (0..train.len()).collect();
@@ -420,8 +496,29 @@ pub fn fine_tune(
                 model_head.to_weights()?,
             ));
         }
+        if config.keep == Keep::Average && epoch >= Keep::first_averaged(config.epochs) {
+            WeightSum::add(&mut sum, layout.tensors(&top)?, model_head.to_weights()?);
+        }
         on_epoch(&event)?;
         history.push(event);
+    }
+    if let Some(sum) = sum {
+        // The mean replaces the best epoch, scored on the validation split as an epoch is;
+        // the last epoch averaged stands for it.
+        let (tensors, head) = sum.mean();
+        let mut weights = base.clone();
+        weights.extend(tensors.iter().map(|(k, t)| (k.clone(), t.clone())));
+        let (mean_layout, mean_top) = TopLayout::new(cut, &weights, &device)?;
+        let mean_head = SoftmaxHead::from_weights(&head, &device);
+        let (accuracy, cross_entropy) = score(
+            &mean_layout,
+            &mean_top,
+            &mean_head,
+            validation,
+            batch,
+            &device,
+        )?;
+        best = Some((accuracy, cross_entropy, config.epochs, tensors, head));
     }
     let Some((best_acc, _, best_epoch, tensors, head)) = best else {
         return Err(Error::Invalid(
@@ -495,6 +592,39 @@ mod tests {
         assert!(max > 0.9 * bound, "{max}");
         assert_eq!(new_head(64, 5, 7).weight, a.weight);
         assert_ne!(new_head(64, 5, 8).weight, a.weight);
+    }
+
+    #[test]
+    fn averaging_keeps_the_mean_of_the_second_half_of_the_epochs() {
+        let epoch = |v: f32| {
+            let tensors = TensorMap::from([(
+                "w".to_string(),
+                crate::weights::TensorData {
+                    shape: vec![2],
+                    data: vec![v, -2.0 * v],
+                },
+            )]);
+            let head = HeadWeights {
+                dim: 1,
+                classes: 2,
+                weight: vec![v, 1.0],
+                bias: vec![3.0 * v, 0.0],
+            };
+            (tensors, head)
+        };
+        let mut sum = None;
+        for v in [1.0, 2.0, 6.0] {
+            let (tensors, head) = epoch(v);
+            WeightSum::add(&mut sum, tensors, head);
+        }
+        let (tensors, head) = sum.unwrap().mean();
+        assert_eq!(tensors["w"].data, vec![3.0, -6.0]);
+        assert_eq!(tensors["w"].shape, vec![2]);
+        assert_eq!((head.weight, head.bias), (vec![3.0, 1.0], vec![9.0, 0.0]));
+        // 7 epochs: 4-7 are averaged; 1 epoch: that one.
+        assert_eq!(Keep::first_averaged(7), 4);
+        assert_eq!(Keep::first_averaged(10), 6);
+        assert_eq!(Keep::first_averaged(1), 1);
     }
 
     #[test]
